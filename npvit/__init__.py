@@ -1,0 +1,5 @@
+"""npvit: MobileViT and MobileViTv2 in NumPy, every forward and backward written by hand."""
+from . import functional, nn
+from .gradcheck import check_gradients
+
+__version__ = "0.1.0"

@@ -1,0 +1,1 @@
+"""One module per ``npvit`` subcommand (see npvit/cli.py)."""

@@ -1,0 +1,111 @@
+"""Batch, layer and group normalisation, forward and backward.
+
+All three standardise x over some axes, x_hat = (x - mean) / sqrt(var + eps) with the biased
+variance, then apply a per-channel affine y = gamma * x_hat + beta. They differ only in the
+axes: batch norm over (N, H, W) per channel, layer norm over the last axis per token, group
+norm over (C/G, *spatial) per sample and group. So the standardisation and its backward are
+written once (``_standardize_*``), and each norm only chooses axes and reshapes.
+
+Backward of standardisation over M elements (the derivation llm.c's layernorm doc walks through):
+    dx = (1/sigma) * (dx_hat - mean(dx_hat) - x_hat * mean(dx_hat * x_hat))
+"""
+from __future__ import annotations
+
+import numpy as np
+
+
+def _standardize_forward(x, axes, eps):
+    mean = x.mean(axis=axes, keepdims=True)
+    xc = x - mean
+    var = (xc * xc).mean(axis=axes, keepdims=True)       # biased, in the working dtype
+    inv_std = 1.0 / np.sqrt(var + eps)
+    return xc * inv_std, inv_std, mean, var
+
+
+def _standardize_backward(dx_hat, x_hat, inv_std, axes):
+    m1 = dx_hat.mean(axis=axes, keepdims=True)
+    m2 = (dx_hat * x_hat).mean(axis=axes, keepdims=True)
+    return inv_std * (dx_hat - m1 - x_hat * m2)
+
+
+# --- batch norm -------------------------------------------------------------------------------
+def batchnorm2d_forward(x, gamma, beta, running_mean, running_var, training: bool,
+                        momentum: float = 0.1, eps: float = 1e-5):
+    """x: (N, C, H, W); gamma, beta, running_mean, running_var: (C,).
+
+    training: normalise with the batch statistics and update running_mean / running_var
+    IN PLACE (as torch.nn.functional.batch_norm does): r <- (1 - momentum) r + momentum s,
+    where the variance fed to the running average is the unbiased one (M / (M - 1)).
+    eval: normalise with the running statistics.
+    """
+    axes = (0, 2, 3)
+    if training:
+        x_hat, inv_std, mean, var = _standardize_forward(x, axes, eps)
+        m = x.size // x.shape[1]
+        running_mean *= 1.0 - momentum
+        running_mean += momentum * mean.reshape(-1)
+        running_var *= 1.0 - momentum
+        running_var += momentum * var.reshape(-1) * (m / max(m - 1, 1))
+    else:
+        inv_std = (1.0 / np.sqrt(running_var + eps)).astype(x.dtype).reshape(1, -1, 1, 1)
+        x_hat = (x - running_mean.reshape(1, -1, 1, 1)) * inv_std
+    y = x_hat * gamma.reshape(1, -1, 1, 1) + beta.reshape(1, -1, 1, 1)
+    return y, (x_hat, inv_std, gamma, training)
+
+
+def batchnorm2d_backward(dy, cache):
+    """dy: (N, C, H, W) -> (dx, dgamma, dbeta). In eval mode the statistics are constants."""
+    x_hat, inv_std, gamma, training = cache
+    axes = (0, 2, 3)
+    dgamma = (dy * x_hat).sum(axis=axes)
+    dbeta = dy.sum(axis=axes)
+    dx_hat = dy * gamma.reshape(1, -1, 1, 1)
+    if training:
+        dx = _standardize_backward(dx_hat, x_hat, inv_std, axes)
+    else:
+        dx = dx_hat * inv_std
+    return dx, dgamma, dbeta
+
+
+# --- layer norm -------------------------------------------------------------------------------
+def layernorm_forward(x, gamma, beta, eps: float = 1e-5):
+    """x: (..., D) normalised over its last axis; gamma, beta: (D,)."""
+    x_hat, inv_std, _, _ = _standardize_forward(x, -1, eps)
+    return x_hat * gamma + beta, (x_hat, inv_std, gamma)
+
+
+def layernorm_backward(dy, cache):
+    """dy: (..., D) -> (dx, dgamma (D,), dbeta (D,))."""
+    x_hat, inv_std, gamma = cache
+    lead = tuple(range(dy.ndim - 1))
+    dgamma = (dy * x_hat).sum(axis=lead)
+    dbeta = dy.sum(axis=lead)
+    dx = _standardize_backward(dy * gamma, x_hat, inv_std, -1)
+    return dx, dgamma, dbeta
+
+
+# --- group norm -------------------------------------------------------------------------------
+def groupnorm_forward(x, num_groups: int, gamma, beta, eps: float = 1e-5):
+    """x: (N, C, *spatial); statistics per sample over each group of C/G channels and all
+    spatial positions; gamma, beta: (C,). With num_groups=1 this is ml-cvnets' "LayerNorm2D"
+    used by MobileViTv2 (one mean and variance per sample over C, P and N)."""
+    n, c = x.shape[:2]
+    xg = x.reshape(n, num_groups, -1)                     # (N, G, C/G * spatial)
+    x_hat, inv_std, _, _ = _standardize_forward(xg, -1, eps)
+    x_hat = x_hat.reshape(x.shape)
+    shape = (1, c) + (1,) * (x.ndim - 2)
+    y = x_hat * gamma.reshape(shape) + beta.reshape(shape)
+    return y, (x_hat, inv_std, gamma, num_groups)
+
+
+def groupnorm_backward(dy, cache):
+    """dy: (N, C, *spatial) -> (dx, dgamma (C,), dbeta (C,))."""
+    x_hat, inv_std, gamma, num_groups = cache
+    n, c = dy.shape[:2]
+    axes = (0,) + tuple(range(2, dy.ndim))
+    shape = (1, c) + (1,) * (dy.ndim - 2)
+    dgamma = (dy * x_hat).sum(axis=axes)
+    dbeta = dy.sum(axis=axes)
+    dx_hat = (dy * gamma.reshape(shape)).reshape(n, num_groups, -1)
+    dx = _standardize_backward(dx_hat, x_hat.reshape(n, num_groups, -1), inv_std, -1)
+    return dx.reshape(dy.shape), dgamma, dbeta

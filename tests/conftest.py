@@ -1,0 +1,28 @@
+"""Shared test set-up: hypothesis profiles and the PyTorch reference (skipped when absent)."""
+import os
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, settings
+
+# CI gets few examples to stay well inside its time; `HYPOTHESIS_PROFILE=thorough` locally.
+settings.register_profile("ci", max_examples=10, deadline=None,
+                          suppress_health_check=[HealthCheck.too_slow])
+settings.register_profile("dev", max_examples=25, deadline=None,
+                          suppress_health_check=[HealthCheck.too_slow])
+settings.register_profile("thorough", max_examples=300, deadline=None,
+                          suppress_health_check=[HealthCheck.too_slow])
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci" if os.environ.get("CI") else "dev"))
+
+
+@pytest.fixture
+def torch():
+    """The torch module, or skip the test where the PyTorch reference is not installed."""
+    torch = pytest.importorskip("torch")
+    torch.set_num_threads(1)
+    return torch
+
+
+@pytest.fixture
+def rng():
+    return np.random.default_rng(0)
