@@ -1,0 +1,37 @@
+"""Model registry: ``list_models()`` and ``create_model(name, ...)``."""
+from __future__ import annotations
+
+import numpy as np
+
+from ..errors import NpvitError
+from . import mobilevit, mobilevit_v2
+from .network import MobileViTNet, check_input
+
+_BUILDERS = {**{n: mobilevit.build for n in mobilevit.CONFIGS},
+             **{n: mobilevit_v2.build for n in mobilevit_v2.WIDTHS}}
+
+
+def list_models() -> list[str]:
+    """The ten official variants, v1 first."""
+    return list(_BUILDERS)
+
+
+def create_model(name: str, num_classes: int = 1000, pretrained=False, dtype=np.float32,
+                 drop_rate: float = 0.0, seed: int | None = None) -> MobileViTNet:
+    """Build a variant with random weights (PyTorch's default initialisation).
+
+    pretrained: False; True for the official ImageNet-1k weights (from the cache, downloaded
+    once); or a path to a checkpoint (.pt/.pth, .safetensors, .npz). drop_rate: dropout before
+    the classifier in training (timm's default 0.0; ml-cvnets trained v1 with 0.1).
+    seed: makes the random initialisation reproducible.
+    """
+    if name not in _BUILDERS:
+        raise NpvitError(f"unknown model {name!r}; choose one of {', '.join(_BUILDERS)}")
+    if seed is not None:
+        from ..nn.init import manual_seed
+        manual_seed(seed)
+    model = _BUILDERS[name](name, num_classes=num_classes, drop_rate=drop_rate, dtype=dtype)
+    if pretrained:
+        from ..weights import load_pretrained
+        model.load_state_dict(load_pretrained(name, pretrained))
+    return model

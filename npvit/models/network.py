@@ -1,0 +1,94 @@
+"""The network shared by MobileViT v1 and v2: stem -> 5 stages -> [final 1x1 conv] -> head.
+
+    stem        3x3 conv, stride 2, BN, SiLU             (B, 3, H, W) -> (B, C0, H/2, W/2)
+    stages.0    inverted residual(s), stride 1           output stride 2
+    stages.1    inverted residuals, first has stride 2   output stride 4
+    stages.2-4  [inverted residual stride 2, MobileViT block]   output strides 8, 16, 32
+    final_conv  1x1 conv, BN, SiLU (v1 only; Identity in v2)
+    head        global average pool -> dropout -> fc     (B, num_classes)
+
+Names follow timm, so ``state_dict()`` keys equal ``timm.create_model(name).state_dict()``'s.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from ..errors import NpvitError
+from ..nn import ConvNormAct, Dropout, GlobalAvgPool, Identity, Linear, Module, Sequential
+
+
+def check_input(x) -> np.ndarray:
+    """Refuse what the network cannot meaningfully run on, with a one-line NpvitError."""
+    x = np.asarray(x)
+    if x.ndim != 4 or x.shape[1] != 3:
+        raise NpvitError(f"expected images of shape (N, 3, H, W), got {x.shape}")
+    if min(x.shape[2:]) < 32:
+        raise NpvitError(f"images must be at least 32x32 pixels, got {x.shape[2]}x{x.shape[3]}")
+    if not np.issubdtype(x.dtype, np.floating):
+        raise NpvitError(f"expected a floating-point array in [0, 1], got dtype {x.dtype}")
+    if not np.isfinite(x).all():
+        raise NpvitError("the input contains NaN or Inf values")
+    return x
+
+
+class ClassifierHead(Module):
+    """(B, C, H, W) -> (B, num_classes): global average pool, dropout, fc (timm's head.fc)."""
+
+    def __init__(self, in_features, num_classes, drop_rate=0.0, dtype=np.float32):
+        super().__init__()
+        self.global_pool = GlobalAvgPool()
+        self.drop = Dropout(drop_rate)
+        self.fc = Linear(in_features, num_classes, dtype=dtype)
+
+    def forward(self, x):
+        return self.fc.forward(self.drop.forward(self.global_pool.forward(x)))
+
+    def backward(self, dy):
+        return self.global_pool.backward(self.drop.backward(self.fc.backward(dy)))
+
+
+class MobileViTNet(Module):
+    """A MobileViT (v1 or v2) classifier. Build it with :func:`npvit.create_model`.
+
+    x: (B, 3, H, W) float in [0, 1], any H, W >= 32 -> logits (B, num_classes).
+    ``backward(dlogits)`` returns dL/dx and fills every parameter's ``grad``.
+    """
+
+    def __init__(self, name: str, version: int, stem_chs: int, stages: list[list[Module]],
+                 final_chs: int, num_classes: int, drop_rate: float, dtype=np.float32):
+        super().__init__()
+        self.name, self.version = name, version
+        self.stem = ConvNormAct(3, stem_chs, 3, stride=2, dtype=dtype)
+        self.stages = Sequential(*[Sequential(*blocks) for blocks in stages])
+        last_chs = stages[-1][-1].conv_proj.conv.weight.shape[0]
+        if final_chs:
+            self.final_conv = ConvNormAct(last_chs, final_chs, 1, dtype=dtype)
+        else:
+            self.final_conv = Identity()
+        self.num_features = final_chs or last_chs
+        self.head = ClassifierHead(self.num_features, num_classes, drop_rate, dtype=dtype)
+
+    def forward(self, x):
+        x = check_input(x).astype(self.dtype, copy=False)
+        x = self.stages.forward(self.stem.forward(x))
+        return self.head.forward(self.final_conv.forward(x))
+
+    def backward(self, dlogits):
+        dx = self.final_conv.backward(self.head.backward(dlogits))
+        return self.stem.backward(self.stages.backward(dx))
+
+    def forward_features(self, x) -> dict[int, np.ndarray]:
+        """Feature maps by output stride {2, 4, 8, 16, 32}: the outputs of stages 0-4 (the last
+        one before v1's final 1x1 conv). Inference only: computed under no_grad."""
+        from ..nn import no_grad
+        x = check_input(x).astype(self.dtype, copy=False)
+        feats = {}
+        with no_grad():
+            x = self.stem.forward(x)
+            for stride, stage in zip((2, 4, 8, 16, 32), self.stages):
+                x = stage.forward(x)
+                feats[stride] = x
+        return feats
+
+    def extra_repr(self):
+        return f"{self.name!r}, {self.num_parameters():,} parameters"
