@@ -3,8 +3,12 @@
 from .activation import (dropout_backward, dropout_forward, gelu_backward, gelu_forward,
                          relu_backward, relu_forward, silu_backward, silu_forward,
                          softmax_backward, softmax_forward)
+from .attention import (linformer_attention_backward, linformer_attention_forward,
+                        multi_head_attention_backward, multi_head_attention_forward,
+                        separable_attention_backward, separable_attention_forward)
 from .conv import col2im, conv2d_backward, conv2d_forward, im2col
 from .linear import linear_backward, linear_forward
+from .loss import cross_entropy_backward, cross_entropy_forward, log_softmax
 from .norm import (batchnorm2d_backward, batchnorm2d_forward, groupnorm_backward,
                    groupnorm_forward, layernorm_backward, layernorm_forward)
 from .patches import (fold_v1, fold_v1_backward, fold_v1_forward, fold_v2, fold_v2_backward,

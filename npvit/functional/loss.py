@@ -1,0 +1,60 @@
+"""Cross-entropy loss with label smoothing, forward and backward.
+
+With p = softmax(z) for the logits z of one sample and a target distribution q over the C
+classes, the loss is the cross-entropy  L = -sum_c q_c log p_c.  Label smoothing (Szegedy et al.
+2016; the MobileViT recipes use eps = 0.1) moves eps of the target's mass from the true class y
+to all classes evenly:
+
+    q_c = (1 - eps) [c == y] + eps / C
+
+which is what PyTorch's ``F.cross_entropy(..., label_smoothing=eps)`` computes. The batch loss
+is the mean over the N samples.
+
+The gradient is the classic one: dL/dz = p - q per sample (the softmax Jacobian and the log
+cancel), divided by N for the mean.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from ..errors import NpvitError
+
+
+def log_softmax(z, axis: int = -1):
+    """log softmax(z) = z - max - log(sum(exp(z - max))): subtracting the max first means exp
+    never overflows, and taking the log of a sum of terms <= 1 (one of them exactly 1) never
+    underflows to log(0)."""
+    shifted = z - z.max(axis=axis, keepdims=True)
+    return shifted - np.log(np.exp(shifted).sum(axis=axis, keepdims=True))
+
+
+def cross_entropy_forward(logits, targets, label_smoothing: float = 0.0):
+    """logits: (N, C) float; targets: (N,) integer class indices in [0, C).
+
+    Returns (loss, cache): loss is a Python float, the mean over the batch.
+    """
+    logits = np.asarray(logits)
+    targets = np.asarray(targets)
+    if logits.ndim != 2 or targets.shape != (logits.shape[0],):
+        raise NpvitError(f"cross entropy needs logits (N, C) and targets (N,), "
+                         f"got {logits.shape} and {targets.shape}")
+    n, c = logits.shape
+    if not np.issubdtype(targets.dtype, np.integer):
+        raise NpvitError(f"cross entropy targets must be integer class indices, got {targets.dtype}")
+    if targets.size and (targets.min() < 0 or targets.max() >= c):
+        raise NpvitError(f"cross entropy targets must lie in [0, {c}), "
+                         f"got {targets.min()}..{targets.max()}")
+    if not 0.0 <= label_smoothing <= 1.0:
+        raise NpvitError(f"label_smoothing must be in [0, 1], got {label_smoothing}")
+
+    logp = log_softmax(logits, axis=1)                       # (N, C)
+    q = np.full_like(logp, label_smoothing / c)             # (N, C) smoothed one-hot target
+    q[np.arange(n), targets] += 1.0 - label_smoothing
+    loss = float(-(q * logp).sum() / n)
+    return loss, (logp, q)
+
+
+def cross_entropy_backward(cache):
+    """-> dlogits (N, C) = (softmax(logits) - q) / N, the gradient of the mean loss."""
+    logp, q = cache
+    return (np.exp(logp) - q) / logp.shape[0]
