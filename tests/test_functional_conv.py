@@ -8,7 +8,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import npvit.functional as F
-from op_reference import assert_close, gradcheck_pair, torch_forward_backward, with_torch
+from op_reference import assert_close, case_rng, gradcheck_pair, torch_forward_backward, with_torch
 
 
 @dataclass
@@ -25,7 +25,7 @@ class ConvCase:
     seed: int
 
     def arrays(self, dtype):
-        rng = np.random.default_rng(self.seed)
+        rng = case_rng(self.seed)
         x = rng.standard_normal((self.n, self.c_in, *self.hw)).astype(dtype)
         w = rng.standard_normal((self.c_out, self.c_in // self.groups, *self.kernel)).astype(dtype)
         b = rng.standard_normal(self.c_out).astype(dtype) if self.bias else None
