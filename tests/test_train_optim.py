@@ -13,7 +13,7 @@ from npvit import functional as F
 from npvit.errors import NpvitError
 from npvit.gradcheck import relative_error
 from npvit.train import (SGD, AdamW, WarmupCosineSchedule, clip_grad_norm, load_checkpoint,
-                         param_groups, save_checkpoint)
+                         save_checkpoint, weight_decay_groups)
 
 SMOOTHING = 0.1
 
@@ -23,8 +23,9 @@ def small_stack(seed):
     bias, as in MobileViT: BatchNorm would cancel it, leaving it a gradient of pure rounding
     noise that Adam would blow up to full-size, random-sign steps."""
     nn.manual_seed(seed)
-    model = nn.Sequential(nn.Conv2d(3, 6, 3, padding=1, bias=False), nn.BatchNorm2d(6), nn.SiLU(),
-                          nn.Conv2d(6, 8, 1), nn.GlobalAvgPool(), nn.Linear(8, 5)).astype(np.float64)
+    model = nn.Sequential(nn.Conv2d(3, 6, 3, padding=1, bias=False), nn.BatchNorm2d(6),
+                          nn.SiLU(), nn.Conv2d(6, 8, 1), nn.GlobalAvgPool(), nn.Linear(8, 5))
+    model.astype(np.float64)
     rng = np.random.default_rng(seed)
     model[1].weight.data = rng.uniform(0.5, 1.5, 6)
     model[1].bias.data = rng.standard_normal(6) * 0.1
@@ -34,8 +35,9 @@ def small_stack(seed):
 def torch_stack(torch, model):
     """The same stack in torch (index 4 pools and flattens, so the state_dict keys agree)."""
     tnn = torch.nn
-    ref = tnn.Sequential(tnn.Conv2d(3, 6, 3, padding=1, bias=False), tnn.BatchNorm2d(6), tnn.SiLU(),
-                         tnn.Conv2d(6, 8, 1), tnn.Sequential(tnn.AdaptiveAvgPool2d(1), tnn.Flatten()),
+    ref = tnn.Sequential(tnn.Conv2d(3, 6, 3, padding=1, bias=False), tnn.BatchNorm2d(6),
+                         tnn.SiLU(), tnn.Conv2d(6, 8, 1),
+                         tnn.Sequential(tnn.AdaptiveAvgPool2d(1), tnn.Flatten()),
                          tnn.Linear(8, 5)).double()
     ref.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in model.state_dict().items()})
     return ref
@@ -105,7 +107,7 @@ def test_three_training_steps_equal_torch_optim(torch, which):
     cls, torch_name, hyper, wd, filter_1d = OPTIMISERS[which]
     model = small_stack(seed=0)
     ref = torch_stack(torch, model)
-    opt = cls(param_groups(model.named_parameters(), wd, filter_1d), **hyper)
+    opt = cls(weight_decay_groups(model.named_parameters(), wd, filter_1d), **hyper)
     ref_opt = getattr(torch.optim, torch_name)(torch_groups(ref, wd, filter_1d), **hyper)
     for x, y in batches(3):
         loss = npvit_step(model, opt, x, y)
@@ -122,7 +124,7 @@ def test_adamw_with_warmup_cosine_and_clipping_equals_torch(torch):
     steps, warmup, max_lr, min_lr, init_lr = 5, 2, 0.01, 1e-4, 1e-3
     model = small_stack(seed=1)
     ref = torch_stack(torch, model)
-    opt = AdamW(param_groups(model.named_parameters(), 0.05), lr=max_lr)
+    opt = AdamW(weight_decay_groups(model.named_parameters(), 0.05), lr=max_lr)
     sched = WarmupCosineSchedule(opt, max_lr, total_steps=steps, warmup_steps=warmup,
                                  warmup_init_lr=init_lr, min_lr=min_lr)
     ref_opt = torch.optim.AdamW(torch_groups(ref, 0.05, True), lr=max_lr)
@@ -138,11 +140,12 @@ def test_adamw_with_warmup_cosine_and_clipping_equals_torch(torch):
 
 def test_param_groups_put_exactly_the_1d_parameters_in_the_no_decay_group():
     model = small_stack(seed=0)
-    with_decay, without_decay = param_groups(model.named_parameters(), weight_decay=0.05)
+    with_decay, without_decay = weight_decay_groups(model.named_parameters(), weight_decay=0.05)
     assert [n for n, _ in with_decay["params"]] == ["0.weight", "3.weight", "5.weight"]
     assert [n for n, _ in without_decay["params"]] == ["1.weight", "1.bias", "3.bias", "5.bias"]
     assert (with_decay["weight_decay"], without_decay["weight_decay"]) == (0.05, 0.0)
-    assert len(param_groups(model.named_parameters(), 0.05, no_decay_bn_filter_bias=False)) == 1
+    no_filter = weight_decay_groups(model.named_parameters(), 0.05, no_decay_bn_filter_bias=False)
+    assert len(no_filter) == 1 and no_filter[0]["weight_decay"] == 0.05
 
 
 def test_parameters_without_grad_are_left_alone():
@@ -185,7 +188,7 @@ def test_clip_grad_norm_refuses_a_non_finite_norm():
 
 def make_run(kind, seed):
     model = small_stack(seed)
-    groups = param_groups(model.named_parameters(), 0.05)
+    groups = weight_decay_groups(model.named_parameters(), 0.05)
     opt = SGD(groups, lr=0.1, momentum=0.9, nesterov=True) if kind == "sgd" else AdamW(groups)
     sched = WarmupCosineSchedule(opt, max_lr=0.05, total_steps=6, warmup_steps=2)
     return model, opt, sched
@@ -217,7 +220,7 @@ def test_optimizer_state_dict_round_trip_keeps_hyper_parameters():
     x, y = batches(1)[0]
     npvit_step(model, opt, x, y)
     opt.param_groups[1]["lr"] = 0.123
-    other = AdamW(param_groups(model.named_parameters(), 0.0), lr=1.0, betas=(0.5, 0.6))
+    other = AdamW(weight_decay_groups(model.named_parameters(), 0.0), lr=1.0, betas=(0.5, 0.6))
     other.load_state_dict(opt.state_dict())
     for mine, theirs in zip(other.param_groups, opt.param_groups):
         assert {k: mine[k] for k in AdamW.defaults} == {k: theirs[k] for k in AdamW.defaults}
@@ -229,7 +232,7 @@ def test_optimizer_state_dict_round_trip_keeps_hyper_parameters():
 def test_loading_state_of_other_parameters_is_refused():
     model, opt, _ = make_run("sgd", seed=0)
     other_model = nn.Sequential(nn.Linear(3, 2)).astype(np.float64)
-    other = SGD(param_groups(other_model.named_parameters(), 0.05), lr=0.1, momentum=0.9)
+    other = SGD(weight_decay_groups(other_model.named_parameters(), 0.05), lr=0.1, momentum=0.9)
     with pytest.raises(NpvitError, match="other parameters"):
         other.load_state_dict(opt.state_dict())
 

@@ -40,7 +40,8 @@ def cross_entropy_forward(logits, targets, label_smoothing: float = 0.0):
                          f"got {logits.shape} and {targets.shape}")
     n, c = logits.shape
     if not np.issubdtype(targets.dtype, np.integer):
-        raise NpvitError(f"cross entropy targets must be integer class indices, got {targets.dtype}")
+        raise NpvitError(f"cross entropy targets must be integer class indices, "
+                         f"got {targets.dtype}")
     if targets.size and (targets.min() < 0 or targets.max() >= c):
         raise NpvitError(f"cross entropy targets must lie in [0, {c}), "
                          f"got {targets.min()}..{targets.max()}")

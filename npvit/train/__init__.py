@@ -3,5 +3,5 @@ schedule, gradient clipping and checkpoints."""
 from ..functional.loss import cross_entropy_backward, cross_entropy_forward
 from .checkpoint import load_checkpoint, save_checkpoint
 from .clip import clip_grad_norm
-from .optim import SGD, AdamW, Optimizer, param_groups
+from .optim import SGD, AdamW, Optimizer, weight_decay_groups
 from .schedule import WarmupCosineSchedule

@@ -27,11 +27,12 @@ from ..errors import NpvitError
 from ..nn.module import Parameter
 
 
-def param_groups(named_parameters: Iterable[tuple[str, Parameter]], weight_decay: float,
-                 no_decay_bn_filter_bias: bool = True) -> list[dict]:
+def weight_decay_groups(named_parameters: Iterable[tuple[str, Parameter]], weight_decay: float,
+                        no_decay_bn_filter_bias: bool = True) -> list[dict]:
     """Split parameters into a group with weight decay and one without, as ml-cvnets does.
 
-    ml-cvnets (apple/ml-cvnets, ``cvnets/misc/common.py``, ``parameter_list``) sends every
+    ml-cvnets (apple/ml-cvnets, ``cvnets/misc/common.py``, ``parameter_list``, read at tag
+    cvnets-v0.4; ``optim/__init__.py`` ``build_optimizer`` passes it the option) sends every
     parameter with ``len(param.shape) == 1`` to a group with weight_decay 0.0 when the option
     ``optim.no_decay_bn_filter_bias`` is set: "biases and normalization layer parameters are of
     len 1". So the test is the number of dimensions, not the name — BatchNorm, LayerNorm and
@@ -55,7 +56,7 @@ class Optimizer:
     """Parameter groups, per-parameter state and the state dict; subclasses write ``_update``.
 
     ``params`` is either an iterable of ``(name, Parameter)`` pairs (one group), such as
-    ``model.named_parameters()``, or a list of group dicts such as ``param_groups`` returns.
+    ``model.named_parameters()``, or a list of group dicts as ``weight_decay_groups`` returns.
     Keyword arguments are the defaults for every group that does not set its own.
     """
 
@@ -80,7 +81,7 @@ class Optimizer:
                 seen.add(name)
                 if not isinstance(p, Parameter):
                     raise NpvitError(f"{name!r} is not an npvit Parameter; pass "
-                                     "model.named_parameters() or param_groups(...)")
+                                     "model.named_parameters() or weight_decay_groups(...)")
             self.param_groups.append(group)
         # name -> {state name -> array}; created on a parameter's first update
         self.state: dict[str, dict[str, np.ndarray]] = {}
@@ -176,13 +177,12 @@ class SGD(Optimizer):
         wd, momentum = group["weight_decay"], group["momentum"]
         g = grad + wd * p.data if wd != 0 else grad
         if momentum != 0:
-            if "momentum_buffer" not in state:
-                state["momentum_buffer"] = np.array(g, copy=True)
+            buf = state.get("momentum_buffer")
+            if buf is None:
+                buf = state["momentum_buffer"] = np.array(g, copy=True)
             else:
-                buf = state["momentum_buffer"]
                 buf *= momentum
                 buf += g
-            buf = state["momentum_buffer"]
             g = g + momentum * buf if group["nesterov"] else buf
         p.data -= group["lr"] * g
 
