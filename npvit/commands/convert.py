@@ -1,0 +1,30 @@
+"""``npvit convert SRC [-o DST.npz] [--model NAME]``: any checkpoint npvit reads (ml-cvnets or
+Hugging Face or timm names; .pt/.pth, .safetensors, .npz) -> an npvit ``.npz``."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..errors import NpvitError
+from ..weights import convert_checkpoint, num_parameters, save_npz
+
+LAYOUT_NAMES = {"cvnets": "ml-cvnets", "hf": "Hugging Face", "timm": "timm/npvit"}
+
+
+def run(args) -> int:
+    src = Path(args.src)
+    dst = Path(args.output) if args.output else src.with_suffix(".npz")
+    if dst.resolve() == src.resolve():
+        raise NpvitError(f"{src} is already an .npz; choose another output with -o")
+    converted = convert_checkpoint(src, model=args.model)
+    save_npz(converted.state, dst)
+    print(f"{src} ({LAYOUT_NAMES[converted.layout]} layout) -> {dst}: {converted.model}, "
+          f"{len(converted.state)} tensors, {num_parameters(converted.state):,} parameters")
+    return 0
+
+
+def add_parser(sub):
+    p = sub.add_parser("convert", help="convert a checkpoint (.pt/.pth/.safetensors) to npvit .npz")
+    p.add_argument("src", help="checkpoint file: official ml-cvnets .pt, Hugging Face or timm weights")
+    p.add_argument("-o", "--output", help="output .npz (default: SRC with the suffix .npz)")
+    p.add_argument("--model", help="model name (default: detected from the keys and shapes)")
+    p.set_defaults(func=run)

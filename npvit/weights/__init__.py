@@ -1,0 +1,14 @@
+"""Official weights without PyTorch.
+
+    read_checkpoint(path)            .pt/.pth (torch zip), .safetensors, .npz -> {name: ndarray}
+    convert_checkpoint(path, model)  + ml-cvnets / Hugging Face names -> npvit (timm) names,
+                                     model detected from keys and shapes, strict shape check
+    OFFICIAL / official(name)        the ten official checkpoints (manifest.json)
+    pretrained_path(name)            download once into the cache, convert once to .npz
+    load_pretrained(name, True|path) the state dict behind create_model(name, pretrained=...)
+"""
+from .convert import Converted, convert_checkpoint, save_npz
+from .download import cache_dir, download, fetch, load_pretrained, pretrained_path
+from .keymap import detect_layout, to_npvit_names
+from .reader import read_checkpoint
+from .registry import OFFICIAL, Checkpoint, check_state, detect_model, num_parameters, official

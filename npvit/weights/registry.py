@@ -1,0 +1,103 @@
+"""The official checkpoints (from ``manifest.json``, the one source of truth, shipped inside the
+package) and the checks that tie a state dict to one of npvit's ten variants."""
+from __future__ import annotations
+
+import functools
+import json
+from dataclasses import dataclass
+from importlib import resources
+
+import numpy as np
+
+from ..errors import NpvitError
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """One official ImageNet-1k checkpoint: where it lives and what it should be."""
+    name: str                   # npvit / timm model name
+    url: str
+    file_name: str
+    params: int                 # parameter count of the model
+    top1: float                 # ImageNet-1k top-1 (%) reported by ml-cvnets
+    sha256: str | None = None   # None: unknown, not checked
+    bytes: int | None = None    # None: unknown, not checked
+
+
+def _load_manifest() -> dict[str, Checkpoint]:
+    text = resources.files(__package__).joinpath("manifest.json").read_text()
+    return {row["name"]: Checkpoint(**row) for row in json.loads(text)["checkpoints"]}
+
+
+OFFICIAL: dict[str, Checkpoint] = _load_manifest()
+
+
+def official(name: str) -> Checkpoint:
+    if name not in OFFICIAL:
+        raise NpvitError(f"no official checkpoint for {name!r}; choose one of {', '.join(OFFICIAL)}")
+    return OFFICIAL[name]
+
+
+@functools.lru_cache(maxsize=None)
+def expected_shapes(name: str) -> dict[str, tuple]:
+    """{key: shape} of the npvit model ``name`` (building one takes well under a second)."""
+    from ..models import create_model
+    return {k: tuple(np.shape(v)) for k, v in create_model(name).state_dict().items()}
+
+
+def _optional(key: str) -> bool:
+    # BatchNorm's step counter does not affect outputs; files may lack it.
+    return key.endswith("num_batches_tracked")
+
+
+def mismatches(state: dict[str, np.ndarray], name: str) -> tuple[list, list, list]:
+    """(missing, unexpected, mis-shaped) keys of ``state`` against model ``name``."""
+    expected = expected_shapes(name)
+    missing = [k for k in expected if k not in state and not _optional(k)]
+    unexpected = [k for k in state if k not in expected]
+    wrong = [f"{k} {_fmt(np.shape(v))} (model: {_fmt(expected[k])})"
+             for k, v in state.items() if k in expected and tuple(np.shape(v)) != expected[k]]
+    return missing, unexpected, wrong
+
+
+def check_state(state: dict[str, np.ndarray], name: str, source: str = "checkpoint") -> None:
+    """Raise one NpvitError listing every missing, unexpected and mis-shaped key."""
+    missing, unexpected, wrong = mismatches(state, name)
+    problems = [f"{len(items)} {what}: {_listing(items)}" for what, items in
+                (("mis-shaped", wrong), ("missing", missing), ("unexpected", unexpected)) if items]
+    if problems:
+        raise NpvitError(f"{source} does not fit {name}: " + "; ".join(problems))
+
+
+def detect_model(state: dict[str, np.ndarray], source: str = "checkpoint") -> str:
+    """The variant whose keys and shapes the (npvit-named) state dict matches best.
+
+    Exact matches win; otherwise the closest variant is returned when it shares most of its
+    keys with the file, so that check_state can then say precisely what differs.
+    """
+    from ..models import list_models
+
+    def score(name):
+        expected = expected_shapes(name)
+        return sum(tuple(np.shape(v)) == expected.get(k) for k, v in state.items())
+
+    best = max(list_models(), key=score)
+    if score(best) < 0.5 * len(expected_shapes(best)):
+        raise NpvitError(f"{source} does not look like any MobileViT variant npvit knows "
+                         f"(at best {score(best)} of {len(expected_shapes(best))} {best} tensors "
+                         f"match); pass the model name explicitly to see what differs")
+    return best
+
+
+def num_parameters(state: dict[str, np.ndarray]) -> int:
+    """Parameters only: BatchNorm running statistics and step counters are buffers."""
+    buffers = ("running_mean", "running_var", "num_batches_tracked")
+    return int(sum(np.size(v) for k, v in state.items() if not k.endswith(buffers)))
+
+
+def _fmt(shape) -> str:
+    return "x".join(map(str, shape)) or "scalar"
+
+
+def _listing(items: list, limit: int = 6) -> str:
+    return ", ".join(items[:limit]) + (f", ... ({len(items) - limit} more)" if len(items) > limit else "")
