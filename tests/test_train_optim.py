@@ -235,6 +235,9 @@ def test_loading_state_of_other_parameters_is_refused():
     other = SGD(weight_decay_groups(other_model.named_parameters(), 0.05), lr=0.1, momentum=0.9)
     with pytest.raises(NpvitError, match="other parameters"):
         other.load_state_dict(opt.state_dict())
+    adamw = AdamW(weight_decay_groups(model.named_parameters(), 0.05))
+    with pytest.raises(NpvitError, match="not written by AdamW"):
+        adamw.load_state_dict(opt.state_dict())
 
 
 def test_checkpoint_write_is_atomic(tmp_path, monkeypatch):

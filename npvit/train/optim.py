@@ -122,6 +122,11 @@ class Optimizer:
         if n_saved != len(self.param_groups):
             raise NpvitError(f"optimizer state has {n_saved} parameter groups, "
                              f"this {type(self).__name__} has {len(self.param_groups)}")
+        missing = [f"groups.{i}.{key}" for i in range(n_saved) for key in self.defaults
+                   if f"groups.{i}.{key}" not in sd]
+        if missing:
+            raise NpvitError(f"optimizer state was not written by {type(self).__name__} "
+                             f"(no {', '.join(missing[:3])})")
         shapes = {}
         for i, group in enumerate(self.param_groups):
             names = [name for name, _ in group["params"]]
