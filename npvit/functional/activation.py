@@ -1,8 +1,10 @@
 """Element-wise activations, softmax and dropout, each a forward/backward pair."""
 from __future__ import annotations
 
+import math
+
 import numpy as np
-from scipy.special import erf, expit
+from scipy.special import erfc, expit
 
 
 def relu_forward(x):
@@ -27,13 +29,16 @@ def silu_backward(dy, cache):
     return dy * (s * (1 + x * (1 - s)))
 
 
-_INV_SQRT2 = 1.0 / np.sqrt(2.0)
-_INV_SQRT_2PI = 1.0 / np.sqrt(2.0 * np.pi)
+# Python floats, not NumPy float64 scalars, so float32 inputs stay float32 (NEP 50).
+_INV_SQRT2 = 1.0 / math.sqrt(2.0)
+_INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
 
 
 def gelu_forward(x):
     """Exact GELU (PyTorch's default): y = x * Phi(x), Phi the standard normal CDF."""
-    cdf = 0.5 * (1.0 + erf(x * _INV_SQRT2))
+    # Phi(x) = erfc(-x / sqrt 2) / 2 rather than (1 + erf(x / sqrt 2)) / 2: for x << 0 the
+    # latter is 1 plus a number close to -1, which cancels to zero and loses the tail.
+    cdf = 0.5 * erfc(-x * _INV_SQRT2)
     return x * cdf, (x, cdf)
 
 
@@ -41,7 +46,7 @@ def gelu_backward(dy, cache):
     # d/dx [x Phi(x)] = Phi(x) + x phi(x)
     x, cdf = cache
     pdf = np.exp(-0.5 * x * x) * _INV_SQRT_2PI
-    return dy * (cdf + x * pdf).astype(dy.dtype, copy=False)
+    return dy * (cdf + x * pdf)
 
 
 def softmax_forward(x, axis: int = -1):
@@ -60,11 +65,16 @@ def softmax_backward(dy, cache):
 def dropout_forward(x, p: float, training: bool, rng: np.random.Generator | None = None):
     """Inverted dropout: in training, zero each element with probability p and scale the rest
     by 1/(1-p), so eval needs no rescaling; in eval (or p == 0) it is the identity."""
+    if not 0.0 <= p <= 1.0:
+        raise ValueError(f"dropout probability must be in [0, 1], got {p}")
     if not training or p == 0.0:
         return x, None
-    if rng is None:
-        rng = np.random.default_rng()
-    mask = (rng.random(x.shape) >= p).astype(x.dtype) / (1.0 - p)
+    if p == 1.0:                          # everything dropped (1/(1-p) would make 0/0)
+        mask = np.zeros_like(x)
+    else:
+        if rng is None:
+            rng = np.random.default_rng()
+        mask = (rng.random(x.shape) >= p).astype(x.dtype) / (1.0 - p)
     return x * mask, mask
 
 
