@@ -85,8 +85,8 @@ def _decode(path: Path) -> Image.Image:
     except PermissionError:
         raise NpvitError(f"{path}: permission denied") from None
     except OSError as e:
-        if "truncated" in str(e):
-            raise NpvitError(f"{path}: the image file is truncated ({e})") from None
+        if "truncated" in str(e):  # Pillow: "image file is truncated (N bytes not processed)"
+            raise NpvitError(f"{path}: {e}") from None
         raise NpvitError(f"{path}: corrupt or unreadable image ({e})") from None
     except Exception as e:
         # Pillow's format plugins also report damaged files as SyntaxError, EOFError,
