@@ -1,5 +1,6 @@
 """npvit: MobileViT and MobileViTv2 in NumPy, every forward and backward written by hand."""
 from . import functional, nn
 from .gradcheck import check_gradients
+from .models import create_model, list_models
 
 __version__ = "0.1.0"

@@ -5,7 +5,7 @@ import numpy as np
 
 from ..errors import NpvitError
 from . import mobilevit, mobilevit_v2
-from .network import MobileViTNet, check_input
+from .network import MobileViTNet
 
 _BUILDERS = {**{n: mobilevit.build for n in mobilevit.CONFIGS},
              **{n: mobilevit_v2.build for n in mobilevit_v2.WIDTHS}}

@@ -13,22 +13,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..errors import NpvitError
+from ..data import check_input
 from ..nn import ConvNormAct, Dropout, GlobalAvgPool, Identity, Linear, Module, Sequential
-
-
-def check_input(x) -> np.ndarray:
-    """Refuse what the network cannot meaningfully run on, with a one-line NpvitError."""
-    x = np.asarray(x)
-    if x.ndim != 4 or x.shape[1] != 3:
-        raise NpvitError(f"expected images of shape (N, 3, H, W), got {x.shape}")
-    if min(x.shape[2:]) < 32:
-        raise NpvitError(f"images must be at least 32x32 pixels, got {x.shape[2]}x{x.shape[3]}")
-    if not np.issubdtype(x.dtype, np.floating):
-        raise NpvitError(f"expected a floating-point array in [0, 1], got dtype {x.dtype}")
-    if not np.isfinite(x).all():
-        raise NpvitError("the input contains NaN or Inf values")
-    return x
 
 
 class ClassifierHead(Module):
