@@ -1,0 +1,107 @@
+"""``npvit bench <what>``: benchmarks, one sub-subcommand each.
+
+``npvit bench attention`` reproduces the MobileViTv2 paper's Fig. 1 (bottom right) on this CPU:
+latency of MHA, Linformer (p = 256) and separable self-attention for d = 512, h = 8 on ONE
+thread, k = 256 ... 16384 doubling, with fitted log-log slopes and the operation counts
+(Fig. 1, left). The BLAS library reads its thread count only when NumPy is first imported, so
+unless OMP_NUM_THREADS, OPENBLAS_NUM_THREADS, MKL_NUM_THREADS and VECLIB_MAXIMUM_THREADS are
+already 1 the command re-runs itself in a child process with them set to 1.
+"""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from ..errors import NpvitError
+
+THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS",
+                    "VECLIB_MAXIMUM_THREADS")
+
+
+def _single_threaded() -> bool:
+    return all(os.environ.get(v) == "1" for v in THREAD_VARIABLES)
+
+
+def _attention_argv(args) -> list[str]:
+    """The command line that reproduces ``args`` (for the single-threaded child)."""
+    argv = ["bench", "attention", "--dim", str(args.dim), "--heads", str(args.heads),
+            "--proj-len", str(args.proj_len), "--min-k", str(args.min_k), "--max-k", str(args.max_k),
+            "--repeats", str(args.repeats), "--large-k", str(args.large_k), "--plot", str(args.plot)]
+    if args.mha_max_k is not None:
+        argv += ["--mha-max-k", str(args.mha_max_k)]
+    if args.markdown:
+        argv += ["--markdown", str(args.markdown)]
+    if args.quick:
+        argv.append("--quick")
+    return argv
+
+
+def run_attention(args) -> int:
+    if not _single_threaded():
+        print("re-running with " + ", ".join(f"{v}=1" for v in THREAD_VARIABLES)
+              + " (BLAS reads them when NumPy loads)", flush=True)
+        env = {**os.environ, **{v: "1" for v in THREAD_VARIABLES}}
+        return subprocess.call([sys.executable, "-m", "npvit", *_attention_argv(args)], env=env)
+
+    from ..bench import attention as bench
+
+    if args.quick:
+        args.min_k, args.max_k, args.repeats = 64, 256, 1
+    if args.min_k < 1 or args.max_k < args.min_k:
+        raise NpvitError(f"need 1 <= --min-k <= --max-k, got {args.min_k} and {args.max_k}")
+    if args.dim % args.heads:
+        raise NpvitError(f"--dim {args.dim} is not divisible by --heads {args.heads}")
+    ks = []
+    k = args.min_k
+    while k <= args.max_k:
+        ks.append(k)
+        k *= 2
+    print(f"attention latency, one thread, float32, batch 1: d={args.dim}, h={args.heads}, "
+          f"Linformer p={args.proj_len}, k = {ks[0]} ... {ks[-1]}")
+    result = bench.run_benchmark(ks, args.dim, args.heads, args.proj_len, args.repeats, args.mha_max_k)
+    table = bench.markdown_table(result)
+    slopes = bench.slope_lines(result, args.large_k)
+    skipped = [f"{m.unit} at k={m.k}: {m.note}" for m in result.rows if m.seconds is None]
+    operations = bench.operations_report(result, ks[0])
+    print("\n" + table + "\n")
+    print("\n".join(slopes + skipped))
+    print("\noperations of one forward pass (G ops = multiply-adds + element-wise operations):\n")
+    print(operations)
+    Path(args.plot).parent.mkdir(parents=True, exist_ok=True)
+    bench.plot(result, args.plot, args.large_k)
+    print(f"\nplot: {args.plot}")
+    if args.markdown:
+        Path(args.markdown).write_text(
+            f"# Attention latency (MobileViTv2 paper, Fig. 1)\n\n"
+            f"Produced by `npvit {' '.join(_attention_argv(args))}`: one thread, float32, batch 1, "
+            f"d={args.dim}, h={args.heads}, Linformer p={args.proj_len}; the fastest of "
+            f"{args.repeats} forward passes. Operation counts come from `npvit.opcount` on the "
+            f"pass that ran.\n\n![latency](attention_latency.png)\n\n{table}\n\n"
+            + "".join(f"- {line.strip()}\n" for line in slopes + skipped)
+            + f"\n## Operations of one forward pass\n\n```\n{operations}\n```\n")
+        print(f"table: {args.markdown}")
+    return 0
+
+
+def add_parser(sub):
+    p = sub.add_parser("bench", help="benchmarks (npvit bench attention)")
+    what = p.add_subparsers(dest="benchmark", metavar="BENCHMARK")
+    what.required = True
+
+    a = what.add_parser("attention", help="latency and operations of MHA, Linformer and separable "
+                                          "attention against the number of tokens (paper Fig. 1)")
+    a.add_argument("--dim", type=int, default=512, help="token width d (default 512)")
+    a.add_argument("--heads", type=int, default=8, help="heads of MHA and Linformer (default 8)")
+    a.add_argument("--proj-len", type=int, default=256, help="Linformer's p (default 256)")
+    a.add_argument("--min-k", type=int, default=256)
+    a.add_argument("--max-k", type=int, default=16384)
+    a.add_argument("--mha-max-k", type=int, default=None,
+                   help="largest k for MHA (default: as large as fits in memory)")
+    a.add_argument("--repeats", type=int, default=3, help="passes per point; the fastest counts")
+    a.add_argument("--large-k", type=int, default=2048, help="fit the headline slope on k >= this")
+    a.add_argument("--quick", action="store_true", help="k = 64 ... 256, one pass each (a smoke test)")
+    a.add_argument("--plot", default="attention_latency.png", help="where to save the log-log PNG")
+    a.add_argument("--markdown", help="also write the table and slopes as Markdown here")
+    a.set_defaults(func=run_attention)
