@@ -1,0 +1,168 @@
+"""Download and cache, against an HTTP server on 127.0.0.1 started by the test and serving an
+ml-cvnets-layout checkpoint the test wrote (these machines have no internet)."""
+import dataclasses
+import hashlib
+import http.server
+import socket
+import threading
+
+import numpy as np
+import pytest
+
+from npvit.cli import main as npvit_main
+from npvit.errors import NpvitError
+from npvit.models import create_model
+from npvit.weights import OFFICIAL, load_pretrained, pretrained_path
+from official_layouts import cvnets_state_dict
+
+NAME = "mobilevit_xxs"
+
+
+class _Server:
+    """Serves ``files`` (path -> bytes); paths in ``cut_short`` announce the full length but the
+    connection closes after half the body. ``requests`` records every GET path."""
+
+    def __init__(self):
+        self.files, self.cut_short, self.requests = {}, set(), []
+        server = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self):
+                server.requests.append(self.path)
+                body = server.files.get(self.path)
+                if body is None:
+                    self.send_error(404)
+                    return
+                self.send_response(200)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                if self.path in server.cut_short:
+                    self.wfile.write(body[: len(body) // 2])
+                    self.close_connection = True
+                else:
+                    self.wfile.write(body)
+
+            def log_message(self, *args):
+                pass
+
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        self.thread.start()
+
+    def close(self):
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+@pytest.fixture
+def server(monkeypatch):
+    for var in ("http_proxy", "https_proxy", "all_proxy", "HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY"):
+        monkeypatch.delenv(var, raising=False)     # talk to 127.0.0.1 directly
+    s = _Server()
+    yield s
+    s.close()
+
+
+@pytest.fixture
+def official_file(torch, tmp_path_factory):
+    """(bytes of an ml-cvnets-layout mobilevit_xxs checkpoint, its npvit state dict)."""
+    state = create_model(NAME, seed=1).state_dict()
+    path = tmp_path_factory.mktemp("official") / "mobilevit_xxs.pt"
+    torch.save(cvnets_state_dict({k: torch.from_numpy(np.array(v)) for k, v in state.items()}), path)
+    return path.read_bytes(), state
+
+
+def _serve_as_official(monkeypatch, server, body, **changes):
+    server.files["/files/mobilevit_xxs.pt"] = body
+    entry = dataclasses.replace(OFFICIAL[NAME], url=server.url + "/files/mobilevit_xxs.pt", **changes)
+    monkeypatch.setitem(OFFICIAL, NAME, entry)
+    return entry
+
+
+def test_download_verified_then_cache_hit(monkeypatch, server, official_file, tmp_path):
+    body, state = official_file
+    _serve_as_official(monkeypatch, server, body,
+                       sha256=hashlib.sha256(body).hexdigest(), bytes=len(body))
+    cache = tmp_path / "cache"
+    npz = pretrained_path(NAME, cache, progress=False)
+    assert sorted(p.name for p in cache.iterdir()) == ["mobilevit_xxs.npz", "mobilevit_xxs.pt"]
+    assert len(server.requests) == 1
+    # second call: the converted file is reused, nothing is fetched
+    assert pretrained_path(NAME, cache) == npz
+    assert len(server.requests) == 1
+    # the .npz gone but the download kept: converted again from the cached file, not re-fetched
+    npz.unlink()
+    loaded = load_pretrained(NAME, True, cache)
+    assert len(server.requests) == 1
+    assert list(loaded) == list(state)
+    for k in state:
+        np.testing.assert_array_equal(loaded[k], state[k])
+
+
+def test_progress_bar_is_shown(monkeypatch, server, official_file, tmp_path, capsys):
+    _serve_as_official(monkeypatch, server, official_file[0])
+    pretrained_path(NAME, tmp_path)
+    err = capsys.readouterr().err
+    assert "mobilevit_xxs.pt" in err and "100%" in err
+
+
+def test_create_model_pretrained_uses_npvit_home(monkeypatch, server, official_file, tmp_path):
+    body, state = official_file
+    _serve_as_official(monkeypatch, server, body)
+    monkeypatch.setenv("NPVIT_HOME", str(tmp_path / "home"))
+    model = create_model(NAME, pretrained=True)
+    assert (tmp_path / "home" / "mobilevit_xxs.npz").is_file()
+    for k, v in model.state_dict().items():
+        np.testing.assert_array_equal(v, state[k])
+
+
+def test_cli_download(monkeypatch, server, official_file, tmp_path, capsys):
+    _serve_as_official(monkeypatch, server, official_file[0])
+    assert npvit_main(["download", NAME, "--dir", str(tmp_path), "-q"]) == 0
+    assert capsys.readouterr().out.strip() == str(tmp_path / "mobilevit_xxs.npz")
+
+
+def test_sha256_mismatch_is_rejected_and_nothing_is_cached(monkeypatch, server, official_file, tmp_path):
+    _serve_as_official(monkeypatch, server, official_file[0], sha256="ab" * 32)
+    with pytest.raises(NpvitError, match=r"sha256 [0-9a-f]{64}, expected (ab){32}; the file was "
+                                         r"discarded") as e:
+        pretrained_path(NAME, tmp_path / "cache")
+    assert "\n" not in str(e.value)
+    assert list((tmp_path / "cache").iterdir()) == []
+
+
+def test_interrupted_transfer_leaves_no_file(monkeypatch, server, official_file, tmp_path):
+    body = official_file[0]
+    _serve_as_official(monkeypatch, server, body)
+    server.cut_short.add("/files/mobilevit_xxs.pt")
+    with pytest.raises(NpvitError, match=rf"interrupted after {len(body) // 2} of {len(body)} bytes"):
+        pretrained_path(NAME, tmp_path / "cache")
+    assert list((tmp_path / "cache").iterdir()) == []
+
+
+def test_offline_error_says_what_to_fetch_and_how_to_pass_it(monkeypatch, tmp_path):
+    with socket.socket() as s:              # a port nobody listens on: connection refused
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    url = f"http://127.0.0.1:{port}/mobilevit_xxs.pt"
+    monkeypatch.setitem(OFFICIAL, NAME, dataclasses.replace(OFFICIAL[NAME], url=url))
+    monkeypatch.setenv("NPVIT_HOME", str(tmp_path / "cache"))
+    with pytest.raises(NpvitError) as e:
+        create_model(NAME, pretrained=True)
+    message = str(e.value)
+    assert "\n" not in message
+    assert f"could not download {NAME} from {url}" in message
+    assert f"curl -L -o mobilevit_xxs.pt {url}" in message
+    assert "--weights mobilevit_xxs.pt" in message
+    assert "pretrained='mobilevit_xxs.pt'" in message
+    assert list((tmp_path / "cache").iterdir()) == []
+
+
+def test_the_manifest_lists_the_ten_models_with_their_parameter_counts():
+    from npvit.models import list_models
+    assert list(OFFICIAL) == list_models()
+    for name, entry in OFFICIAL.items():
+        assert entry.params == create_model(name).num_parameters()
+        assert entry.url.startswith("https://docs-assets.developer.apple.com/ml-research/models/")
+        assert entry.url.endswith("/" + entry.file_name)
