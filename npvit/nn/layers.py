@@ -80,7 +80,7 @@ class BatchNorm2d(Module):
 
     def forward(self, x):
         if self.training:
-            self.num_batches_tracked = self.num_batches_tracked + 1
+            self.num_batches_tracked += 1     # in place, so it stays a 0-d int64 array
         y, cache = F.batchnorm2d_forward(x, self.weight.data, self.bias.data, self.running_mean,
                                          self.running_var, self.training, self.momentum, self.eps)
         self.save_cache(cache)
