@@ -110,7 +110,8 @@ def run_benchmark(ks, dim=512, heads=8, proj_len=256, repeats=3, mha_max_k=None,
             if unit == "MHA":
                 need = mha_memory_estimate(k, heads)
                 if mha_max_k is not None and k > mha_max_k:
-                    result.rows.append(Measurement(unit, k, None, note=f"skipped: above --mha-max-k {mha_max_k}"))
+                    result.rows.append(Measurement(unit, k, None,
+                                                   note=f"skipped: above --mha-max-k {mha_max_k}"))
                     continue
                 if memory is not None and need > 0.8 * memory:
                     result.rows.append(Measurement(unit, k, None, note=(

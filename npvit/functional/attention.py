@@ -81,7 +81,6 @@ def multi_head_attention_forward(x, w_qkv, b_qkv, w_proj, b_proj, num_heads: int
     attn_drop: dropout probability on A (training only, with rng).
     Returns y (B, k, d) and the cache; cache["attention"] is A (B, h, k, k).
     """
-    b, k, d = x.shape
     qkv, qkv_cache = linear_forward(x, w_qkv, b_qkv)    # (B, k, 3d)
     opcount.linear("q, k, v = x W_qkv^T + b", w_qkv, qkv, b_qkv)
     q, key, v = (_split_heads(t, num_heads) for t in np.split(qkv, 3, axis=-1))  # (B, h, k, dh)
@@ -115,7 +114,6 @@ def linformer_attention_forward(x, w_qkv, b_qkv, e, f, w_proj, b_proj, num_heads
     The input length must equal the k that E and F were built for.
     Returns y (B, k, d) and the cache; cache["attention"] is A (B, h, k, p).
     """
-    b, k, d = x.shape
     qkv, qkv_cache = linear_forward(x, w_qkv, b_qkv)    # (B, k, 3d)
     opcount.linear("q, k, v = x W_qkv^T + b", w_qkv, qkv, b_qkv)
     q, key, v = np.split(qkv, 3, axis=-1)                # (B, k, d) each
