@@ -177,6 +177,7 @@ separable_shapes = st.tuples(st.integers(1, 2), st.integers(1, 6), st.integers(1
 
 @given(separable_shapes, st.integers(0, 2**16))
 def test_separable_attention_is_permutation_equivariant_and_its_context_invariant(shape, seed):
+    """Permuting the N tokens permutes the output the same way and leaves c_v unchanged."""
     b, d, p, n = shape
     rng = np.random.default_rng(seed)
     params = (rng.standard_normal((1 + 2 * d, d, 1, 1)), rng.standard_normal(1 + 2 * d),
@@ -188,6 +189,10 @@ def test_separable_attention_is_permutation_equivariant_and_its_context_invarian
     np.testing.assert_allclose(y_perm, y[..., perm], rtol=1e-12, atol=1e-12)
     np.testing.assert_allclose(cache_perm["context_vector"], cache["context_vector"],
                                rtol=1e-12, atol=1e-12)
+    # each of the P pixel positions is its own sequence: running one alone gives its output
+    one = rng.integers(p)
+    y_one, _ = F.separable_attention_forward(x[:, :, one:one + 1], *params)
+    np.testing.assert_allclose(y_one, y[:, :, one:one + 1], rtol=1e-12, atol=1e-12)
     # the context scores are a distribution over the N tokens of each position
     cs = cache["context_scores"]
     assert cs.shape == (b, 1, p, n) and (cs >= 0).all()
