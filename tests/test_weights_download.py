@@ -166,3 +166,15 @@ def test_the_manifest_lists_the_ten_models_with_their_parameter_counts():
         assert entry.params == create_model(name).num_parameters()
         assert entry.url.startswith("https://docs-assets.developer.apple.com/ml-research/models/")
         assert entry.url.endswith("/" + entry.file_name)
+
+
+def test_repo_weights_manifest_is_the_package_manifest():
+    """weights/manifest.json at the repository root links to the one in the package (the one
+    a non-editable install carries)."""
+    from pathlib import Path
+    import npvit.weights
+    packaged = Path(npvit.weights.__file__).with_name("manifest.json")
+    at_root = Path(__file__).resolve().parents[1] / "weights" / "manifest.json"
+    if not at_root.exists():
+        pytest.skip("not running from a checkout")
+    assert at_root.read_text() == packaged.read_text()
