@@ -94,6 +94,7 @@ class MobileViTBlock(Module):
         self.norm = LayerNorm(transformer_dim, dtype=dtype)
         self.conv_proj = ConvNormAct(transformer_dim, chs, 1, dtype=dtype)
         self.conv_fusion = ConvNormAct(2 * chs, chs, 3, dtype=dtype)
+        self.last_grid = None   # (n_h, n_w) patches of the last forward, for npvit.viz maps
 
     def forward(self, x):
         ph, pw = self.patch_size
@@ -103,6 +104,7 @@ class MobileViTBlock(Module):
         resize_up = resize_down = None
         if new_hw != (h, w):
             y, resize_up = F.resize_bilinear_forward(y, new_hw, align_corners=False)
+        self.last_grid = (new_hw[0] // ph, new_hw[1] // pw)
         t = self.norm.forward(self.transformer.forward(F.unfold_v1(y, ph, pw)))
         y = F.fold_v1(t, new_hw, ph, pw)
         if resize_up is not None:
@@ -151,6 +153,7 @@ class MobileViTBlockV2(Module):
             for _ in range(depth)])
         self.norm = GroupNorm(1, transformer_dim, dtype=dtype)
         self.conv_proj = ConvNormAct(transformer_dim, chs, 1, act=False, dtype=dtype)
+        self.last_grid = None   # (n_h, n_w) patches of the last forward, for npvit.viz maps
 
     def forward(self, x):
         ph, pw = self.patch_size
@@ -160,6 +163,7 @@ class MobileViTBlockV2(Module):
         if new_hw != (h, w):
             x, resize = F.resize_bilinear_forward(x, new_hw, align_corners=True)
         y = self.conv_1x1.forward(self.conv_kxk.forward(x))
+        self.last_grid = (new_hw[0] // ph, new_hw[1] // pw)
         t = self.norm.forward(self.transformer.forward(F.unfold_v2(y, ph, pw)))
         out = self.conv_proj.forward(F.fold_v2(t, new_hw, ph, pw))
         self.save_cache((new_hw, resize))
