@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from npvit import nn
+from npvit.errors import NpvitError
 from op_reference import assert_close
 
 
@@ -130,7 +131,7 @@ def test_strict_load_lists_every_problem_in_one_error_and_loads_nothing():
     del sd["2.weight"]                                               # ... one missing,
     sd["10.extra"] = np.zeros(3)                                     # one unexpected,
     sd["4.weight"] = np.zeros((6, 8, 3, 3))                          # one mis-shaped
-    with pytest.raises(ValueError) as err:
+    with pytest.raises(NpvitError) as err:       # a ValueError the CLI shows as one line
         net.load_state_dict(sd)
     msg = str(err.value)
     for expected in ["missing", "2.weight", "unexpected", "10.extra", "4.weight",

@@ -19,6 +19,8 @@ from typing import Iterator
 
 import numpy as np
 
+from ..errors import NpvitError
+
 _GRAD_ENABLED = True
 
 
@@ -185,8 +187,9 @@ class Module:
     def load_state_dict(self, state: dict, strict: bool = True) -> None:
         """Copy arrays into the parameters and buffers, casting to each one's dtype.
 
-        Raises one ValueError that lists every missing, unexpected and mis-shaped key (strict),
-        and never loads part of a mismatched state dict.
+        Raises one NpvitError (a ValueError; the CLI prints it as one line) listing every
+        missing, unexpected (both only when strict) and mis-shaped key, and never loads part
+        of a mismatched state dict.
         """
         targets = {}
         for mod_name, mod in self.named_modules():
@@ -216,7 +219,7 @@ class Module:
             problems.append(f"{len(unexpected)} unexpected: " + ", ".join(unexpected[:10])
                             + (" ..." if len(unexpected) > 10 else ""))
         if problems:
-            raise ValueError(f"state dict does not fit {type(self).__name__}: " + " | ".join(problems))
+            raise NpvitError(f"state dict does not fit {type(self).__name__}: " + " | ".join(problems))
         for k, (mod, name, is_param) in targets.items():
             if k not in state:
                 continue
