@@ -163,3 +163,15 @@ def test_a_mode_pillow_cannot_convert_is_one_line(tmp_path, monkeypatch):
     path = _save(tmp_path, Image.fromarray(_pixels()), "la.png")
     with pytest.raises(NpvitError, match=r"la\.png: cannot convert colour mode .*from La"):
         load_image(path)
+
+
+def test_example_photo_loads_and_preprocesses_without_torch(tmp_path):
+    from no_torch import blocked_imports, run_without_torch
+
+    code = ("import npvit.data as d\n"
+            "x = d.preprocess_batch([d.load_image(d.example_image_path())] * 2, 'cvnets-v1')\n"
+            "print(d.check_input(x).shape, d.imagenet_classes()[652].label)\n")
+    out = run_without_torch(["-c", code], tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "(2, 3, 256, 256) military uniform"
+    assert blocked_imports(tmp_path) == []  # never even tried
