@@ -5,6 +5,8 @@ What `load_image` does, and why:
   here with its name, not later inside preprocessing.
 - Applies the EXIF orientation (``ImageOps.exif_transpose``): a phone photo stored sideways
   is seen upright, as OpenCV's ``imread`` (used by ml-cvnets v0.1) also does by default.
+  (ml-cvnets v0.2+'s ``Image.open(path).convert("RGB")`` does not, so for a file with a
+  rotation tag npvit feeds the upright picture where ml-cvnets v2 fed the stored one.)
 - Converts every mode to RGB with 8 bits per channel (`to_rgb`):
     RGBA, LA, PA, P with transparency  -> the alpha channel is DROPPED, not composited. Both
         official loaders do exactly this (ml-cvnets v0.1 ``cv2.imread(path, IMREAD_COLOR)``
