@@ -10,7 +10,7 @@ import sys
 from .errors import NpvitError
 
 # Order is the order in `npvit --help`.
-COMMANDS = ["gradcheck", "convert", "download", "bench"]
+COMMANDS = ["gradcheck", "convert", "download", "bench", "scoremap"]
 
 
 def build_parser() -> argparse.ArgumentParser:
