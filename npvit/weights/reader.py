@@ -90,22 +90,26 @@ def _read_zip(path: Path):
                              f"checkpoint (it holds: {', '.join(names[:5]) or 'nothing'})")
         prefix = pickles[0][: -len("data.pkl")]      # "archive/", "mobilevit_xxs/", ...
         try:
-            byteorder = archive.read(prefix + "byteorder").decode() if prefix + "byteorder" in names \
-                else "little"   # files written before the record existed: little-endian
+            # files written before torch recorded the byte order are little-endian
+            has_record = prefix + "byteorder" in names
+            byteorder = archive.read(prefix + "byteorder").decode() if has_record else "little"
             unpickler = _StateDictUnpickler(archive, prefix, byteorder, path)
             return unpickler.load()
         except NpvitError:
             raise
         except (zipfile.BadZipFile, EOFError, pickle.UnpicklingError, KeyError, ValueError,
-                TypeError, IndexError, AttributeError) as e:
+                TypeError, IndexError, AttributeError, MemoryError) as e:
             raise NpvitError(f"{path}: damaged PyTorch checkpoint ({type(e).__name__}: {e})") from None
 
 
 class _StorageType:
-    """Stands in for a ``torch.<X>Storage`` class inside the pickle: just its dtype code."""
+    """Stands in for a ``torch.<X>Storage`` class inside the pickle. ``find_class`` makes a
+    fresh one per lookup, so nothing a pickle does to it (BUILD sets attributes on whatever
+    object it is given) outlives the file being read."""
+    __slots__ = ("name",)
 
     def __init__(self, name: str):
-        self.name, self.code = name, _TORCH_STORAGE_DTYPES[name]
+        self.name = name
 
 
 class _Storage:
@@ -150,18 +154,19 @@ def _rebuild_parameter(data, requires_grad=False, backward_hooks=None) -> np.nda
     return data
 
 
-# The only globals a state-dict pickle may name, each mapped to npvit's own harmless object.
+# The only globals a state-dict pickle may name: npvit's own harmless stand-ins for them.
 _ALLOWED_GLOBALS = {
     ("collections", "OrderedDict"): OrderedDict,
     ("torch._utils", "_rebuild_tensor_v2"): _rebuild_tensor,
     ("torch._utils", "_rebuild_parameter"): _rebuild_parameter,
-    ("torch.storage", "UntypedStorage"): _StorageType("UntypedStorage"),
-    **{("torch", name): _StorageType(name) for name in _TORCH_STORAGE_DTYPES},
 }
+_ALLOWED_STORAGE_TYPES = {("torch.storage", "UntypedStorage"),
+                          *(("torch", name) for name in _TORCH_STORAGE_DTYPES)}
 
 
 class _StateDictUnpickler(pickle.Unpickler):
-    """Unpickles ``data.pkl`` admitting only ``_ALLOWED_GLOBALS``; storages come from the zip.
+    """Unpickles ``data.pkl`` admitting only ``_ALLOWED_GLOBALS`` and the storage types; the
+    storages' bytes come from the zip.
 
     Pickle can only call what ``find_class`` returns (GLOBAL, STACK_GLOBAL, INST, OBJ and the
     extension registry all go through it), so refusing there means no code from the file runs.
@@ -174,12 +179,13 @@ class _StateDictUnpickler(pickle.Unpickler):
         self.storages: dict[str, _Storage] = {}   # key -> storage, shared by all its views
 
     def find_class(self, module, name):
-        try:
+        if (module, name) in _ALLOWED_GLOBALS:
             return _ALLOWED_GLOBALS[(module, name)]
-        except KeyError:
-            raise NpvitError(
+        if (module, name) in _ALLOWED_STORAGE_TYPES:
+            return _StorageType(name)
+        raise NpvitError(
                 f"refused to load global {module}.{name} from {self.path}: npvit reads only "
-                "state dicts (tensors in dicts) and never runs code from a checkpoint") from None
+                "state dicts (tensors in dicts) and never runs code from a checkpoint")
 
     def persistent_load(self, pid):
         if not (isinstance(pid, tuple) and len(pid) == 5 and pid[0] == "storage"
@@ -191,7 +197,9 @@ class _StateDictUnpickler(pickle.Unpickler):
         return self.storages[key]
 
     def _read_storage(self, key: str, storage_type: _StorageType, numel: int) -> _Storage:
-        code = storage_type.code
+        code = _TORCH_STORAGE_DTYPES.get(storage_type.name)
+        if code is None:
+            raise NpvitError(f"{self.path}: unknown storage type {storage_type.name!r}")
         is_bfloat16 = code == "bf16"
         dtype = np.dtype("u2" if is_bfloat16 else code).newbyteorder(self.byteorder)
         try:
