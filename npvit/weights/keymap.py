@@ -52,7 +52,7 @@ CVNETS_RULES = [
     (r"\.pre_norm_attn\.1\.", ".attn."),                 # v2 keeps qkv_proj / out_proj
     (r"\.pre_norm_ffn\.0\.", ".norm2."),
     (r"\.pre_norm_ffn\.1\.", ".mlp.fc1."),
-    (r"\.pre_norm_ffn\.(3|4)\.", ".mlp.fc2."),           # v2 index 3, v1 index 4 (v1 has act + dropout between)
+    (r"\.pre_norm_ffn\.(3|4)\.", ".mlp.fc2."),           # v2: 3; v1: 4 (SiLU, Dropout before)
     # conv wrappers: units that are a bare conv in timm lose `.block.conv`, the rest keep conv/bn
     (r"\.(conv_1x1|qkv_proj|out_proj|fc1|fc2)\.block\.conv\.", r".\1."),
     (r"\.block\.conv\.", ".conv."),
