@@ -48,21 +48,42 @@ def save_checkpoint(path, model, optimizer=None, schedule=None, **meta) -> None:
         raise
 
 
+def _read_sections(path: str) -> dict[str, dict]:
+    if not os.path.isfile(path):
+        raise NpvitError(f"checkpoint not found: {path}")
+    sections: dict[str, dict] = {s: {} for s in _SECTIONS}
+    try:
+        npz = np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as e:
+        raise NpvitError(f"{path} is not an npvit training checkpoint ({e})") from None
+    with npz:
+        for key in npz.files:
+            section, _, name = key.partition("/")
+            if section not in sections:
+                raise NpvitError(f"{path} is not an npvit training checkpoint (key {key!r})")
+            sections[section][name] = npz[key]
+    return sections
+
+
+def _python_values(meta: dict) -> dict:
+    # 0-d arrays become Python scalars (str, int, float, bool); arrays stay arrays
+    return {k: v.item() if v.ndim == 0 else v for k, v in meta.items()}
+
+
+def checkpoint_meta(path) -> dict:
+    """Only the ``meta`` values of a checkpoint: what a caller needs to rebuild the model and
+    optimiser before ``load_checkpoint`` can fill them."""
+    path = os.fspath(path)
+    return _python_values(_read_sections(path)["meta"])
+
+
 def load_checkpoint(path, model, optimizer=None, schedule=None) -> dict:
     """Restore what ``save_checkpoint`` wrote into the given objects (the model strictly).
 
     Returns the ``meta`` values (0-d arrays become Python scalars).
     """
     path = os.fspath(path)
-    if not os.path.isfile(path):
-        raise NpvitError(f"checkpoint not found: {path}")
-    sections: dict[str, dict] = {s: {} for s in _SECTIONS}
-    with np.load(path, allow_pickle=False) as npz:
-        for key in npz.files:
-            section, _, name = key.partition("/")
-            if section not in sections:
-                raise NpvitError(f"{path} is not an npvit training checkpoint (key {key!r})")
-            sections[section][name] = npz[key]
+    sections = _read_sections(path)
     try:
         model.load_state_dict(sections["model"], strict=True)
     except ValueError as e:
@@ -72,4 +93,4 @@ def load_checkpoint(path, model, optimizer=None, schedule=None) -> dict:
             if not sections[section]:
                 raise NpvitError(f"{path} holds no {section} state")
             obj.load_state_dict(sections[section])
-    return {k: v.item() if v.ndim == 0 else v for k, v in sections["meta"].items()}
+    return _python_values(sections["meta"])
