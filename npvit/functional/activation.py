@@ -4,7 +4,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from scipy.special import erfc, expit
+from scipy.special import erfc
 
 
 def relu_forward(x):
@@ -17,16 +17,27 @@ def relu_backward(dy, mask):
     return dy * mask
 
 
-def silu_forward(x):
-    """SiLU ("swish" in ml-cvnets): y = x * sigmoid(x), any shape."""
-    s = expit(x)                          # stable sigmoid for large |x|
-    return x * s, (x, s)
+def silu_forward(x, inplace: bool = False):
+    """SiLU ("swish" in ml-cvnets): y = x * sigmoid(x) = x / (1 + exp(-x)), any shape.
+
+    inplace=True writes y over x — only for a caller that owns x (e.g. the fresh output of a
+    conv that nobody else holds); it saves allocating a second array of x's size.
+    The cache is (y, 1 + exp(-x)): backward needs only these, so x itself need not survive.
+    """
+    # np.exp is vectorised for float32 and about twice as fast as scipy's expit here.
+    denom = np.negative(x)
+    with np.errstate(over="ignore"):      # exp(-x) = inf for x < -88 (float32): x / inf = 0, the limit
+        np.exp(denom, out=denom)
+    denom += 1                            # 1 + exp(-x) = 1 / sigmoid(x)
+    y = np.divide(x, denom, out=x if inplace else None)
+    return y, (y, denom)
 
 
 def silu_backward(dy, cache):
-    # d/dx [x s(x)] = s + x s (1 - s)
-    x, s = cache
-    return dy * (s * (1 + x * (1 - s)))
+    # d/dx [x s(x)] = s + x s (1 - s) = s + y (1 - s), with s = sigmoid(x) = 1 / denom
+    y, denom = cache
+    s = 1 / denom
+    return dy * (s + y * (1 - s))
 
 
 # Python floats, not NumPy float64 scalars, so float32 inputs stay float32 (NEP 50).
@@ -49,10 +60,15 @@ def gelu_backward(dy, cache):
     return dy * (cdf + x * pdf)
 
 
-def softmax_forward(x, axis: int = -1):
-    """Softmax along ``axis`` (the max is subtracted first so exp never overflows)."""
-    e = np.exp(x - x.max(axis=axis, keepdims=True))
-    y = e / e.sum(axis=axis, keepdims=True)
+def softmax_forward(x, axis: int = -1, inplace: bool = False):
+    """Softmax along ``axis`` (the max is subtracted first so exp never overflows).
+
+    inplace=True writes the result over x (for a caller that owns x, such as fresh attention
+    scores): the shift, exp and normalisation then run in one buffer without new allocations.
+    """
+    y = np.subtract(x, x.max(axis=axis, keepdims=True), out=x if inplace else None)
+    np.exp(y, out=y)
+    y /= y.sum(axis=axis, keepdims=True)
     return y, (y, axis)
 
 

@@ -47,9 +47,9 @@ def _scaled_dot_product_forward(q, key, v, attn_drop, training, rng):
     key_t = key.swapaxes(-1, -2)
     scores = q @ key_t                                   # (B, h, k, m)
     opcount.matmul("scores = q k^T", q, key_t, scores)
-    attention, softmax_cache = softmax_forward(scores, axis=-1)   # each row sums to 1 over keys
+    # each row sums to 1 over keys; in place: the k x m scores are not needed afterwards
+    attention, softmax_cache = softmax_forward(scores, axis=-1, inplace=True)
     opcount.elementwise("softmax over keys", attention, kind="softmax")
-    del scores                                           # free the k x m scores before the next
     dropped, drop_mask = dropout_forward(attention, attn_drop, training, rng)
     if drop_mask is not None:
         opcount.elementwise("attention dropout", dropped)

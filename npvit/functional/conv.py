@@ -30,9 +30,13 @@ def _output_size(size: int, k: int, stride: int, pad: int) -> int:
 
 
 def _pad(x: np.ndarray, ph: int, pw: int) -> np.ndarray:
+    """Zero-pad the two spatial axes (a plain zeros + copy: several times faster than np.pad)."""
     if ph == 0 and pw == 0:
         return x
-    return np.pad(x, ((0, 0), (0, 0), (ph, ph), (pw, pw)))
+    n, c, h, w = x.shape
+    xp = np.zeros((n, c, h + 2 * ph, w + 2 * pw), dtype=x.dtype)
+    xp[:, :, ph:ph + h, pw:pw + w] = x
+    return xp
 
 
 def _tap(xp: np.ndarray, i: int, j: int, sh: int, sw: int, ho: int, wo: int) -> np.ndarray:
@@ -114,9 +118,11 @@ def _depthwise_forward(x, w, b, stride, padding):
     ho, wo = _output_size(h, kh, sh, ph), _output_size(wd, kw, sw, pw)
     xp = _pad(x, ph, pw)
     y = np.zeros((n, c, ho, wo), dtype=np.result_type(x, w))
+    product = np.empty_like(y)            # one scratch buffer that every tap reuses
     for i in range(kh):
         for j in range(kw):
-            y += _tap(xp, i, j, sh, sw, ho, wo) * w[:, 0, i, j].reshape(1, c, 1, 1)
+            np.multiply(_tap(xp, i, j, sh, sw, ho, wo), w[:, 0, i, j].reshape(1, c, 1, 1), out=product)
+            y += product
     if b is not None:
         y += b.reshape(1, -1, 1, 1)
     cache = ("depthwise", x.shape, w, xp, stride, padding, c, b is not None)

@@ -16,10 +16,11 @@ import numpy as np
 
 def _standardize_forward(x, axes, eps):
     mean = x.mean(axis=axes, keepdims=True)
-    xc = x - mean
-    var = (xc * xc).mean(axis=axes, keepdims=True)       # biased, in the working dtype
+    x_hat = x - mean                                     # centred now, standardised in place below
+    var = np.square(x_hat).mean(axis=axes, keepdims=True)   # biased, in the working dtype
     inv_std = 1.0 / np.sqrt(var + eps)
-    return xc * inv_std, inv_std, mean, var
+    x_hat *= inv_std
+    return x_hat, inv_std, mean, var
 
 
 def _standardize_backward(dx_hat, x_hat, inv_std, axes):
@@ -49,7 +50,8 @@ def batchnorm2d_forward(x, gamma, beta, running_mean, running_var, training: boo
     else:
         inv_std = (1.0 / np.sqrt(running_var + eps)).astype(x.dtype).reshape(1, -1, 1, 1)
         x_hat = (x - running_mean.reshape(1, -1, 1, 1)) * inv_std
-    y = x_hat * gamma.reshape(1, -1, 1, 1) + beta.reshape(1, -1, 1, 1)
+    y = x_hat * gamma.reshape(1, -1, 1, 1)
+    y += beta.reshape(1, -1, 1, 1)
     return y, (x_hat, inv_std, gamma, training)
 
 
@@ -67,11 +69,29 @@ def batchnorm2d_backward(dy, cache):
     return dx, dgamma, dbeta
 
 
+def fold_batchnorm(w, b, gamma, beta, running_mean, running_var, eps: float = 1e-5):
+    """Fold an eval-mode BatchNorm into the convolution before it: returns (w', b') with
+    conv(x, w', b') == batchnorm_eval(conv(x, w, b)).
+
+    w: (C_out, C_in/G, kh, kw); b: (C_out,) or None; the BatchNorm arrays: (C_out,).
+    In eval mode BN is the per-channel affine map y = s * (z - mean) + beta with
+    s = gamma / sqrt(var + eps), and an affine map of a convolution is a convolution:
+        w' = s * w (each output channel's filter scaled),  b' = s * (b - mean) + beta.
+    Only valid with running statistics, i.e. never in training.
+    """
+    scale = gamma / np.sqrt(running_var + eps)           # (C_out,)
+    w_folded = w * scale.reshape(-1, 1, 1, 1)
+    b_folded = beta - running_mean * scale if b is None else beta + (b - running_mean) * scale
+    return w_folded, b_folded
+
+
 # --- layer norm -------------------------------------------------------------------------------
 def layernorm_forward(x, gamma, beta, eps: float = 1e-5):
     """x: (..., D) normalised over its last axis; gamma, beta: (D,)."""
     x_hat, inv_std, _, _ = _standardize_forward(x, -1, eps)
-    return x_hat * gamma + beta, (x_hat, inv_std, gamma)
+    y = x_hat * gamma
+    y += beta
+    return y, (x_hat, inv_std, gamma)
 
 
 def layernorm_backward(dy, cache):
@@ -94,7 +114,8 @@ def groupnorm_forward(x, num_groups: int, gamma, beta, eps: float = 1e-5):
     x_hat, inv_std, _, _ = _standardize_forward(xg, -1, eps)
     x_hat = x_hat.reshape(x.shape)
     shape = (1, c) + (1,) * (x.ndim - 2)
-    y = x_hat * gamma.reshape(shape) + beta.reshape(shape)
+    y = x_hat * gamma.reshape(shape)
+    y += beta.reshape(shape)
     return y, (x_hat, inv_std, gamma, num_groups)
 
 

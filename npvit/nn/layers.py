@@ -9,7 +9,7 @@ import numpy as np
 
 from .. import functional as F
 from .init import generator, uniform_fan_in
-from .module import Module, Parameter
+from .module import Module, Parameter, is_grad_enabled
 
 
 class Conv2d(Module):
@@ -159,8 +159,25 @@ class _Elementwise(Module):
         return type(self).bwd(dy, self.pop_cache())
 
 
-class SiLU(_Elementwise):
-    fwd, bwd = staticmethod(F.silu_forward), staticmethod(F.silu_backward)
+class SiLU(Module):
+    """y = x * sigmoid(x). inplace=True overwrites the input with the output: use it only where
+    the input is a fresh array nobody else keeps (the output of the layer just before), as in
+    ConvNormAct and the MLPs. Its backward needs only y, so in-place is safe in training too."""
+
+    def __init__(self, inplace=False):
+        super().__init__()
+        self.inplace = inplace
+
+    def forward(self, x):
+        y, cache = F.silu_forward(x, self.inplace)
+        self.save_cache(cache)
+        return y
+
+    def backward(self, dy):
+        return F.silu_backward(dy, self.pop_cache())
+
+    def extra_repr(self):
+        return "inplace=True" if self.inplace else ""
 
 
 class ReLU(_Elementwise):
@@ -205,7 +222,17 @@ class GlobalAvgPool(Module):
 
 class ConvNormAct(Module):
     """conv (no bias) -> BatchNorm -> optional activation; timm's ConvNormAct, whose keys are
-    ``conv.weight`` and ``bn.{weight,bias,running_mean,running_var,num_batches_tracked}``."""
+    ``conv.weight`` and ``bn.{weight,bias,running_mean,running_var,num_batches_tracked}``.
+
+    Which path runs:
+    * training, or eval with gradients enabled: conv, then BatchNorm, as two layers (training
+      needs the batch statistics, and both layers' parameters get their own gradients);
+    * eval under ``no_grad()`` (inference): the BatchNorm is folded into the convolution
+      (``F.fold_batchnorm``): one conv with scaled weights and a bias, no BatchNorm pass over
+      the feature map. The folded weights are recomputed on every call (a few kB of arithmetic
+      against megabytes of feature map), so they can never go stale after weights change.
+    tests/test_fast_paths.py checks that both paths give the same output.
+    """
 
     def __init__(self, in_channels, out_channels, kernel_size=1, stride=1, groups=1, act=True,
                  dtype=np.float32):
@@ -213,11 +240,22 @@ class ConvNormAct(Module):
         self.conv = Conv2d(in_channels, out_channels, kernel_size, stride, kernel_size // 2, groups,
                            bias=False, dtype=dtype)
         self.bn = BatchNorm2d(out_channels, dtype=dtype)
-        self.act = SiLU() if act else None
+        self.act = SiLU(inplace=True) if act else None    # its input is always a fresh array
 
     def forward(self, x):
-        x = self.bn.forward(self.conv.forward(x))
+        if self.training or is_grad_enabled():
+            x = self.bn.forward(self.conv.forward(x))
+        else:
+            x = self.folded_conv_forward(x)
         return self.act.forward(x) if self.act is not None else x
+
+    def folded_conv_forward(self, x):
+        """conv with the (eval-mode) BatchNorm folded in; keeps no cache (inference only)."""
+        conv, bn = self.conv, self.bn
+        w, b = F.fold_batchnorm(conv.weight.data, None, bn.weight.data, bn.bias.data,
+                                bn.running_mean, bn.running_var, bn.eps)
+        y, _ = F.conv2d_forward(x, w, b, conv.stride, conv.padding, conv.groups)
+        return y
 
     def backward(self, dy):
         if self.act is not None:

@@ -28,7 +28,7 @@ class Mlp(Sequential):
     def __init__(self, dim, hidden, drop=0.0, dtype=np.float32):
         Module.__init__(self)
         self.fc1 = Linear(dim, hidden, dtype=dtype)
-        self.act = SiLU()
+        self.act = SiLU(inplace=True)                    # fc1 output is fresh: overwrite it
         self.drop1 = Dropout(drop)
         self.fc2 = Linear(hidden, dim, dtype=dtype)
         self.drop2 = Dropout(drop)
@@ -41,7 +41,7 @@ class ConvMlp(Sequential):
     def __init__(self, dim, hidden, drop=0.0, dtype=np.float32):
         Module.__init__(self)
         self.fc1 = Conv2d(dim, hidden, 1, dtype=dtype)
-        self.act = SiLU()
+        self.act = SiLU(inplace=True)                    # fc1 output is fresh: overwrite it
         self.drop = Dropout(drop)
         self.fc2 = Conv2d(hidden, dim, 1, dtype=dtype)
 
