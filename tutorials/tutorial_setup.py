@@ -24,10 +24,15 @@ FAST = os.environ.get("NPVIT_FAST", "") not in ("", "0")
 OUT = Path(os.environ.get("NPVIT_TUTORIAL_OUT") or Path(__file__).resolve().parent / "out")
 
 
+def figure_path(name: str) -> Path:
+    """OUT/name, with OUT created: for code that writes a figure file itself."""
+    OUT.mkdir(parents=True, exist_ok=True)
+    return OUT / name
+
+
 def save_figure(fig, name: str) -> Path:
     """Write ``fig`` to OUT/name and report where; close it unless a notebook shows it."""
-    OUT.mkdir(parents=True, exist_ok=True)
-    path = OUT / name
+    path = figure_path(name)
     fig.savefig(path, dpi=110, bbox_inches="tight")
     print(f"figure written to {path}")
     if not IN_NOTEBOOK:
