@@ -1,5 +1,5 @@
 """npvit: MobileViT and MobileViTv2 in NumPy, every forward and backward written by hand."""
-from . import functional, nn, weights
+from . import data, functional, nn, weights
 from .gradcheck import check_gradients
 from .models import create_model, list_models
 

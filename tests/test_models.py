@@ -157,3 +157,17 @@ def test_forward_features_gives_the_five_output_strides():
 def test_bad_inputs_raise_value_errors(bad, msg):
     with pytest.raises(ValueError, match=msg):
         npvit.create_model("mobilevit_xxs")(bad)
+
+
+def test_pretrained_with_another_class_count_keeps_the_backbone_and_a_fresh_head(tmp_path):
+    source = npvit.create_model("mobilevit_xxs", seed=0)
+    path = tmp_path / "weights.npz"
+    np.savez(path, **source.state_dict())
+    same = npvit.create_model("mobilevit_xxs", pretrained=str(path))
+    for k, v in source.state_dict().items():
+        np.testing.assert_array_equal(same.state_dict()[k], v, err_msg=k)
+    other = npvit.create_model("mobilevit_xxs", pretrained=str(path), num_classes=7)
+    assert other.head.fc.weight.shape == (7, 320)
+    for k, v in source.state_dict().items():
+        if not k.startswith("head.fc."):
+            np.testing.assert_array_equal(other.state_dict()[k], v, err_msg=k)

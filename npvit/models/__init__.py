@@ -33,5 +33,12 @@ def create_model(name: str, num_classes: int = 1000, pretrained=False, dtype=np.
     model = _BUILDERS[name](name, num_classes=num_classes, drop_rate=drop_rate, dtype=dtype)
     if pretrained:
         from ..weights import load_pretrained
-        model.load_state_dict(load_pretrained(name, pretrained))
+        state = load_pretrained(name, pretrained)
+        if num_classes != state["head.fc.bias"].shape[0]:
+            # A new task: keep the pretrained backbone, start the classifier afresh (as timm does).
+            state = {k: v for k, v in state.items() if not k.startswith("head.fc.")}
+            missing_ok = {"head.fc.weight", "head.fc.bias"}
+            model.load_state_dict({**{k: model.state_dict()[k] for k in missing_ok}, **state})
+        else:
+            model.load_state_dict(state)
     return model
