@@ -51,6 +51,9 @@ def run(args) -> int:
         raise NpvitError(f"--query picks the query patch of MobileViT v1's attention maps; "
                          f"{model.name} is MobileViTv2, whose separable attention has no "
                          f"per-query weights (use a mobilevit_* model, or drop --query)")
+    if args.query is not None and not all(0 <= v < args.size for v in args.query):
+        raise NpvitError(f"--query {args.query[0]:g} {args.query[1]:g} is outside the "
+                         f"{args.size}x{args.size} network input (pixels 0 to {args.size - 1})")
     weights_label = _load_weights(model, args.weights)
 
     pipeline = args.pipeline or default_pipeline(model.name)
