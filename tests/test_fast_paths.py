@@ -1,0 +1,122 @@
+"""The inference fast paths give the same numbers as the plain path they replace.
+
+* ``F.fold_batchnorm``: conv with the folded weights == conv followed by eval-mode BatchNorm;
+* ``ConvNormAct`` in eval under ``no_grad()`` (folded) == eval with gradients on (conv, BN);
+* whole models: ``no_grad()`` inference == the plain eval forward;
+* in-place SiLU and softmax == their out-of-place versions (and the backward from the
+  in-place cache is the same).
+Bound: relative to the output's scale, 1e-10 in float64 and 1e-5 in float32.
+"""
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+import npvit
+import npvit.functional as F
+from npvit.nn import ConvNormAct, no_grad
+
+DTYPES = st.sampled_from([np.float32, np.float64])
+TOLERANCE = {np.float32: 1e-5, np.float64: 1e-10}
+
+
+def assert_same(got, expected, dtype):
+    assert got.dtype == expected.dtype == dtype
+    scale = max(1.0, float(np.abs(expected).max()))
+    assert float(np.abs(got.astype(np.float64) - expected).max()) <= TOLERANCE[dtype] * scale
+
+
+def random_batchnorm(rng, c, dtype):
+    """gamma, beta, running mean and variance, none of them an identity."""
+    return (rng.uniform(0.5, 1.5, c).astype(dtype), rng.normal(0, 0.2, c).astype(dtype),
+            rng.normal(0, 0.2, c).astype(dtype), rng.uniform(0.5, 1.5, c).astype(dtype))
+
+
+@st.composite
+def conv_bn_cases(draw):
+    kind = draw(st.sampled_from(["dense", "grouped", "depthwise"]))
+    if kind == "dense":
+        groups, c_in, c_out = 1, draw(st.integers(1, 5)), draw(st.integers(1, 5))
+    elif kind == "grouped":
+        groups = 2
+        c_in, c_out = 2 * draw(st.integers(1, 3)), 2 * draw(st.integers(1, 3))
+    else:
+        groups = c_in = c_out = draw(st.integers(1, 6))
+    k = draw(st.sampled_from([1, 3]))
+    return dict(n=draw(st.integers(1, 3)), c_in=c_in, c_out=c_out, groups=groups, k=k,
+                stride=draw(st.integers(1, 2)), hw=(draw(st.integers(3, 9)), draw(st.integers(3, 9))),
+                bias=draw(st.booleans()), seed=draw(st.integers(0, 2**32 - 1)))
+
+
+@given(conv_bn_cases(), DTYPES)
+def test_folded_conv_equals_conv_then_eval_batchnorm(case, dtype):
+    rng = np.random.default_rng(case["seed"])
+    c_in, c_out, g, k = case["c_in"], case["c_out"], case["groups"], case["k"]
+    x = rng.standard_normal((case["n"], c_in, *case["hw"])).astype(dtype)
+    w = rng.standard_normal((c_out, c_in // g, k, k)).astype(dtype)
+    b = rng.standard_normal(c_out).astype(dtype) if case["bias"] else None
+    gamma, beta, mean, var = random_batchnorm(rng, c_out, dtype)
+    conv, _ = F.conv2d_forward(x, w, b, case["stride"], k // 2, g)
+    expected, _ = F.batchnorm2d_forward(conv, gamma, beta, mean, var, training=False)
+    w_folded, b_folded = F.fold_batchnorm(w, b, gamma, beta, mean, var)
+    assert w_folded.dtype == b_folded.dtype == dtype
+    got, _ = F.conv2d_forward(x, w_folded, b_folded, case["stride"], k // 2, g)
+    assert_same(got, expected, dtype)
+
+
+@given(conv_bn_cases(), DTYPES, st.booleans())
+def test_conv_norm_act_inference_path_equals_the_plain_eval_path(case, dtype, act):
+    rng = np.random.default_rng(case["seed"])
+    layer = ConvNormAct(case["c_in"], case["c_out"], case["k"], case["stride"], case["groups"],
+                        act=act, dtype=dtype)
+    bn = layer.bn
+    bn.weight.data, bn.bias.data, bn.running_mean, bn.running_var = random_batchnorm(
+        rng, case["c_out"], dtype)
+    layer.eval()
+    x = rng.standard_normal((case["n"], case["c_in"], *case["hw"])).astype(dtype)
+    plain = layer.forward(x)                     # gradients enabled: conv, then BatchNorm
+    with no_grad():
+        folded = layer.forward(x)                # BatchNorm folded into the conv
+    assert_same(folded, plain, dtype)
+
+
+@pytest.mark.parametrize("name", ["mobilevit_xxs", "mobilevitv2_050"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_model_inference_under_no_grad_equals_the_plain_eval_forward(name, dtype):
+    model = npvit.create_model(name, dtype=dtype)
+    rng = np.random.default_rng(0)
+    for m in model.modules():                    # random BN statistics, so folding does something
+        if isinstance(m, npvit.nn.BatchNorm2d):
+            m.weight.data, m.bias.data, m.running_mean, m.running_var = random_batchnorm(
+                rng, m.weight.shape[0], dtype)
+    model.eval()
+    x = rng.random((2, 3, 64, 64)).astype(dtype)
+    plain = model(x)
+    with no_grad():
+        fast = model(x)
+    assert_same(fast, plain, dtype)
+
+
+@given(st.integers(0, 2**32 - 1), DTYPES)
+def test_in_place_silu_equals_out_of_place_forward_and_backward(seed, dtype):
+    rng = np.random.default_rng(seed)
+    x = (rng.standard_normal((3, 4, 5)) * 30).astype(dtype)      # reaches exp's overflow range
+    dy = rng.standard_normal(x.shape).astype(dtype)
+    y, cache = F.silu_forward(x)
+    dx = F.silu_backward(dy, cache)
+    x_owned = x.copy()
+    y_in_place, cache_in_place = F.silu_forward(x_owned, inplace=True)
+    assert y_in_place is x_owned                 # written over its input, no new array
+    assert_same(y_in_place, y, dtype)
+    assert_same(F.silu_backward(dy, cache_in_place), dx, dtype)
+
+
+@given(st.integers(0, 2**32 - 1), st.integers(0, 2), DTYPES)
+def test_in_place_softmax_equals_out_of_place(seed, axis, dtype):
+    rng = np.random.default_rng(seed)
+    x = (rng.standard_normal((3, 4, 5)) * 10).astype(dtype)
+    y, _ = F.softmax_forward(x, axis)
+    x_owned = x.copy()
+    y_in_place, _ = F.softmax_forward(x_owned, axis, inplace=True)
+    assert y_in_place is x_owned
+    assert_same(y_in_place, y, dtype)
