@@ -356,6 +356,7 @@ def test_scoremap_uses_weights_when_given_or_cached(photo, empty_cache, tmp_path
     (["--model", "mobilevit_huge"], "unknown model"),
     (["--model", V1, "--size", "64", "--query", "64", "0"], "outside"),
     (["--model", V1, "--weights", "missing.npz"], "missing.npz"),
+    (["--model", V2, "--size", "16"], "16"),
 ])
 def test_scoremap_fails_with_one_clear_line(photo, empty_cache, tmp_path, capsys, argv, message):
     import re
@@ -364,3 +365,9 @@ def test_scoremap_fails_with_one_clear_line(photo, empty_cache, tmp_path, capsys
     assert err.startswith("npvit: error: ") and err.count("\n") == 1, err
     assert re.search(message, err) and "Traceback" not in err
     assert not (tmp_path / "x.png").exists()
+
+
+def test_scoremap_names_a_missing_image_before_anything_else(empty_cache, tmp_path, capsys):
+    assert main(["scoremap", str(tmp_path / "nope.jpg"), "--model", V2]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("npvit: error: ") and "nope.jpg" in err

@@ -54,10 +54,9 @@ def run(args) -> int:
     if args.query is not None and not all(0 <= v < args.size for v in args.query):
         raise NpvitError(f"--query {args.query[0]:g} {args.query[1]:g} is outside the "
                          f"{args.size}x{args.size} network input (pixels 0 to {args.size - 1})")
-    weights_label = _load_weights(model, args.weights)
-
     pipeline = args.pipeline or default_pipeline(model.name)
     x = preprocess(load_image(args.image), pipeline, crop_size=args.size)[None]   # (1, 3, S, S)
+    weights_label = _load_weights(model, args.weights)
     logits, records = run_with_capture(model, x)
 
     title = f"{model.name} ({weights_label}) on {Path(args.image).name}"
