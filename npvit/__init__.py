@@ -2,5 +2,6 @@
 from . import data, functional, nn, weights
 from .gradcheck import check_gradients
 from .models import create_model, list_models
+from . import inference
 
 __version__ = "0.1.0"
