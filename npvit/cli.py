@@ -10,7 +10,7 @@ import sys
 from .errors import NpvitError
 
 # Order is the order in `npvit --help`.
-COMMANDS = ["gradcheck", "convert", "download", "bench", "scoremap"]
+COMMANDS = ["gradcheck", "convert", "download", "bench", "scoremap", "finetune"]
 
 
 def build_parser() -> argparse.ArgumentParser:
