@@ -6,9 +6,16 @@ thread, k = 256 ... 16384 doubling, with fitted log-log slopes and the operation
 (Fig. 1, left). The BLAS library reads its thread count only when NumPy is first imported, so
 unless OMP_NUM_THREADS, OPENBLAS_NUM_THREADS, MKL_NUM_THREADS and VECLIB_MAXIMUM_THREADS are
 already 1 the command re-runs itself in a child process with them set to 1.
+
+``npvit bench models`` compares npvit with PyTorch eager (timm) on one thread: inference at
+several batch sizes, a training step, peak memory, GFLOP/s and a profile. Its code is
+benchmarks/models.py of the source checkout (it imports torch and timm when they are installed,
+which code inside the npvit package never does); this command loads that file, takes its
+options, and it re-runs itself single-threaded the same way.
 """
 from __future__ import annotations
 
+import importlib.util
 import os
 import subprocess
 import sys
@@ -18,6 +25,24 @@ from ..errors import NpvitError
 
 THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS",
                     "VECLIB_MAXIMUM_THREADS")
+
+
+MODELS_BENCHMARK = Path(__file__).resolve().parents[2] / "benchmarks" / "models.py"
+
+
+def _models_benchmark():
+    """benchmarks/models.py, loaded as a module."""
+    spec = importlib.util.spec_from_file_location("npvit_models_benchmark", MODELS_BENCHMARK)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def run_models(args) -> int:
+    if not MODELS_BENCHMARK.exists():
+        raise NpvitError(f"npvit bench models needs a source checkout: {MODELS_BENCHMARK} not found")
+    bench = _models_benchmark()
+    return bench.main(bench.argv_from(args))
 
 
 def _single_threaded() -> bool:
@@ -86,7 +111,7 @@ def run_attention(args) -> int:
 
 
 def add_parser(sub):
-    p = sub.add_parser("bench", help="benchmarks (npvit bench attention)")
+    p = sub.add_parser("bench", help="benchmarks (npvit bench attention | models)")
     what = p.add_subparsers(dest="benchmark", metavar="BENCHMARK")
     what.required = True
 
@@ -105,3 +130,9 @@ def add_parser(sub):
     a.add_argument("--plot", default="attention_latency.png", help="where to save the log-log PNG")
     a.add_argument("--markdown", help="also write the table and slopes as Markdown here")
     a.set_defaults(func=run_attention)
+
+    m = what.add_parser("models", help="npvit against PyTorch eager (timm) on one thread: inference, "
+                                       "training step, memory, GFLOP/s (benchmarks/models.py)")
+    if MODELS_BENCHMARK.exists():
+        _models_benchmark().add_arguments(m)
+    m.set_defaults(func=run_models)
