@@ -10,7 +10,8 @@ import sys
 from .errors import NpvitError
 
 # Order is the order in `npvit --help`.
-COMMANDS = ["gradcheck", "convert", "download", "bench", "scoremap", "finetune"]
+COMMANDS = ["predict", "eval", "models", "gradcheck", "convert", "download", "bench", "scoremap",
+            "finetune"]
 
 
 def build_parser() -> argparse.ArgumentParser:

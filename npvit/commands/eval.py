@@ -1,0 +1,160 @@
+"""``npvit eval DIR``: top-1 and top-5 accuracy on a folder of labelled ImageNet images.
+
+The class of each image comes from
+  - an ImageFolder layout, DIR/<wnid>/<image> (e.g. DIR/n01440764/ILSVRC2012_val_00000293.JPEG):
+    every sub-folder must be named by an ImageNet-1k WordNet id; or, when DIR has no
+    sub-folders,
+  - the file name, when it starts with a wnid: DIR/n01440764_10026.JPEG. Files whose name does
+    not start with one are left out, and how many is said in one line.
+Image files are recognised by extension (.jpg .jpeg .png .ppm .bmp .pgm .tif .tiff .webp, any
+case), as torchvision's ImageFolder does; other files are ignored.
+
+--limit N evaluates N images spread evenly over the sorted list (so every class keeps its
+share), not the first N (which in an ImageFolder would be the first few classes only).
+Preprocessing and --model / --weights / --download work as in `npvit predict`. Without
+weights eval stops with one line saying how to get them: the accuracy of an untrained network
+is chance (0.1%) and measures nothing.
+
+An image that cannot be used is reported in one line ("npvit: error: FILE: problem") and
+skipped; accuracy is over the images that were read. Exit code: 0 when every image was
+evaluated, 1 when some were skipped (so scripts notice), 2 for a usage or setup error.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from ..data import DEFAULT_CROP_SIZE, MIN_SIDE, load_image, preprocess, wnid_to_index
+from ..errors import NpvitError
+from ..inference import DEFAULT_MODEL, PREPROCESS_CHOICES, classify, load_model, pipeline_for
+from ..train.folder import IMAGE_EXTENSIONS
+
+_WNID_PREFIX = re.compile(r"^(n\d{8})(?!\d)")   # "n01440764_10026.JPEG" -> "n01440764"
+
+Sample = tuple[Path, int]   # (image file, ImageNet class index)
+
+
+def _image_files(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith(".")
+                  and p.suffix.lower() in IMAGE_EXTENSIONS)
+
+
+def labelled_images(directory) -> tuple[list[Sample], int]:
+    """(samples sorted by path, number of image files left out for lack of a wnid)."""
+    root, classes = Path(directory), wnid_to_index()
+    if not root.is_dir():
+        raise NpvitError(f"{root}: no such directory" if not root.exists()
+                         else f"{root}: not a directory")
+    folders = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if folders:
+        unknown = [p.name for p in folders if p.name not in classes]
+        if unknown:
+            raise NpvitError(f"{root}/{unknown[0]}: sub-folders must be named by ImageNet-1k "
+                             f"WordNet ids such as n01440764 ({len(unknown)} are not)")
+        return [(f, classes[p.name]) for p in folders for f in _image_files(p)], 0
+    samples, unlabelled = [], 0
+    for f in _image_files(root):
+        match = _WNID_PREFIX.match(f.name)
+        if match and match.group(1) in classes:
+            samples.append((f, classes[match.group(1)]))
+        else:
+            unlabelled += 1
+    return samples, unlabelled
+
+
+def spread(samples: list, limit: int | None) -> list:
+    """``limit`` items evenly spaced over ``samples`` (all of them when limit is None or larger);
+    the spacing is at least 1, so rounding never picks an item twice."""
+    if limit is None or limit >= len(samples):
+        return samples
+    return [samples[i] for i in np.linspace(0, len(samples) - 1, limit).round().astype(int)]
+
+
+class Tally:
+    """Running top-1 / top-5 counts."""
+
+    def __init__(self):
+        self.images = self.top1 = self.top5 = 0
+
+    def add(self, probabilities: np.ndarray, labels: np.ndarray) -> None:
+        """probabilities: (B, 1000); labels: (B,) class indices."""
+        best5 = np.argsort(-probabilities, axis=1, kind="stable")[:, :5]    # (B, 5)
+        self.images += len(labels)
+        self.top1 += int((best5[:, 0] == labels).sum())
+        self.top5 += int((best5 == labels[:, None]).any(axis=1).sum())
+
+
+def run(args) -> int:
+    if args.batch_size < 1:
+        raise NpvitError(f"--batch-size must be at least 1, got {args.batch_size}")
+    if args.limit is not None and args.limit < 1:
+        raise NpvitError(f"--limit must be at least 1, got {args.limit}")
+    if args.size < MIN_SIDE:
+        raise NpvitError(f"--size must be at least {MIN_SIDE}, got {args.size}")
+    samples, unlabelled = labelled_images(args.directory)
+    if unlabelled:
+        print(f"npvit eval: left out {unlabelled} image file(s) in {args.directory} whose name "
+              f"does not start with an ImageNet wnid (n01440764_...)", file=sys.stderr)
+    if not samples:
+        raise NpvitError(f"{args.directory}: no labelled images; use {args.directory}/<wnid>/"
+                         f"<image> or file names starting with the wnid")
+    samples = spread(samples, args.limit)
+    if args.weights is None and args.model is None:
+        args.model = DEFAULT_MODEL
+    model, source = load_model(args.model, args.weights, download=args.download)
+    pipeline = pipeline_for(model.name, args.preprocess)
+
+    tally, skipped, batch, labels = Tally(), 0, [], []
+    with tqdm(total=len(samples), unit="img", desc=model.name, disable=None) as bar:
+        for i, (path, label) in enumerate(samples):
+            try:
+                batch.append(preprocess(load_image(path), pipeline, crop_size=args.size))
+                labels.append(label)
+            except NpvitError as e:
+                message = str(e) if str(e).startswith(str(path)) else f"{path}: {e}"
+                tqdm.write(f"npvit: error: {message}", file=sys.stderr)
+                skipped += 1
+            if batch and (len(batch) == args.batch_size or i == len(samples) - 1):
+                tally.add(classify(model, np.stack(batch)), np.array(labels))
+                batch, labels = [], []
+                bar.set_postfix_str(f"top-1 {tally.top1 / tally.images:.1%}", refresh=False)
+            bar.update(1)
+
+    if tally.images == 0:
+        raise NpvitError(f"none of the {len(samples)} images in {args.directory} could be read")
+    top1, top5 = tally.top1 / tally.images, tally.top5 / tally.images
+    if args.json:
+        print(json.dumps({"model": model.name, "weights": source, "preprocess": pipeline,
+                          "size": args.size, "images": tally.images, "skipped": skipped,
+                          "top1": top1, "top5": top5}))
+    else:
+        print(f"{model.name}  [{source}, {pipeline} {args.size}x{args.size}]")
+        print(f"  images  {tally.images} evaluated" + (f", {skipped} skipped (unreadable)" if skipped else ""))
+        print(f"  top-1   {top1:.2%}  ({tally.top1}/{tally.images})")
+        print(f"  top-5   {top5:.2%}  ({tally.top5}/{tally.images})")
+    return 1 if skipped else 0
+
+
+def add_parser(sub):
+    p = sub.add_parser("eval", help="top-1 / top-5 accuracy on a folder of labelled ImageNet images",
+                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("directory", metavar="DIR", help="DIR/<wnid>/<image> or DIR/<wnid>_*.JPEG")
+    p.add_argument("--model", metavar="NAME",
+                   help=f"one of `npvit models` (default {DEFAULT_MODEL}; with --weights: detected)")
+    p.add_argument("--weights", metavar="PATH", help="checkpoint (.pt/.pth, .safetensors, .npz)")
+    p.add_argument("--download", action="store_true",
+                   help="download the official weights into the cache if they are not there")
+    p.add_argument("--batch-size", type=int, default=16, help="images per forward pass (default 16)")
+    p.add_argument("--limit", type=int, metavar="N", help="evaluate N images spread over the folder")
+    p.add_argument("--size", type=int, default=DEFAULT_CROP_SIZE,
+                   help=f"network input side (default {DEFAULT_CROP_SIZE})")
+    p.add_argument("--preprocess", choices=PREPROCESS_CHOICES, default="cvnets",
+                   help="cvnets (default) = the model family's official pipeline; or by name")
+    p.add_argument("--json", action="store_true", help="print the result as one JSON object")
+    p.set_defaults(func=run)

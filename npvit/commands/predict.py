@@ -1,0 +1,119 @@
+"""``npvit predict [IMAGE...]``: the top-k ImageNet classes of each image.
+
+Without IMAGE it classifies the example photo that ships with matplotlib (Grace Hopper in
+uniform, public domain), so it runs offline on a fresh install.
+
+Model: --model NAME (default mobilevitv2_050, the smallest MobileViTv2); with --weights and no
+--model, the variant is detected from the checkpoint.
+Weights: --weights PATH, else the official weights in the cache (`npvit download NAME`, or add
+--download), else — said in one line on stderr and in the output — RANDOM untrained weights,
+whose "predictions" mean nothing but show the whole path works.
+Preprocessing: --preprocess cvnets (default: what the model's official checkpoints were
+evaluated with: cvnets-v1 for v1, cvnets-v2 for v2), or cvnets-v1 / cvnets-v2 / hf by name.
+
+Each image that cannot be used (missing, not an image, truncated, empty, a decompression bomb,
+smaller than 32 px) gives one line "npvit: error: FILE: problem" on stderr; the others are
+still classified. Exit code: 0 when every image was classified, 1 when some could not be, 2
+for a usage or setup error (unknown model, unreadable --weights ...).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from ..data import DEFAULT_CROP_SIZE, MIN_SIDE, example_image_path, load_image, preprocess
+from ..errors import NpvitError
+from ..inference import (DEFAULT_MODEL, PREPROCESS_CHOICES, RANDOM_WEIGHTS, classify,
+                         load_model, pipeline_for, top_k)
+from ..models import list_models
+from ..weights import cache_dir
+
+
+class _LazyModel:
+    """Loads the model at the first image that was read successfully, so that a run whose
+    images are all unusable prints only their errors (no random-weights notice, no work)."""
+
+    def __init__(self, args):
+        self.args, self.model, self.source = args, None, None
+
+    def get(self):
+        if self.model is None:
+            args = self.args
+            self.model, self.source = load_model(args.model, args.weights, fallback_random=True,
+                                                 download=args.download, seed=args.seed)
+            if self.source == RANDOM_WEIGHTS:
+                name = self.model.name
+                print(f"npvit predict: no official weights for {name} in {cache_dir()}, so "
+                      f"RANDOM untrained weights are used (get them with `npvit download {name}` "
+                      f"or --download, or pass --weights PATH)", file=sys.stderr)
+        return self.model
+
+
+def _print_table(image, model, source, pipeline, size, rows) -> None:
+    print(f"{image}  [{model.name}, {source}, {pipeline} {size}x{size}]")
+    for row in rows:
+        print(f"  {row.rank:>2}  {row.prob:7.2%}  {row.index:>3}  {row.wnid}  {row.label}")
+
+
+def run(args) -> int:
+    if args.model is not None and args.model not in list_models():
+        raise NpvitError(f"unknown model {args.model!r}; choose one of {', '.join(list_models())}")
+    if args.weights is None and args.model is None:
+        args.model = DEFAULT_MODEL
+    if args.topk < 1:
+        raise NpvitError(f"--topk must be at least 1, got {args.topk}")
+    if args.size < MIN_SIDE:
+        raise NpvitError(f"--size must be at least {MIN_SIDE}, got {args.size}")
+    images = args.images
+    if not images:
+        images = [str(example_image_path())]
+        print(f"npvit predict: no IMAGE given, classifying the example photo {images[0]}",
+              file=sys.stderr)
+
+    lazy, failures = _LazyModel(args), 0
+    for image_path in images:
+        try:
+            image = load_image(image_path)
+        except NpvitError as e:   # one line naming the file; carry on with the next one
+            print(f"npvit: error: {e}", file=sys.stderr)
+            failures += 1
+            continue
+        model = lazy.get()
+        pipeline = pipeline_for(model.name, args.preprocess)
+        try:
+            x = preprocess(image, pipeline, crop_size=args.size)[None]    # (1, 3, S, S)
+        except NpvitError as e:   # e.g. a panorama too elongated to resize
+            print(f"npvit: error: {image_path}: {e}", file=sys.stderr)
+            failures += 1
+            continue
+        rows = top_k(classify(model, x)[0], args.topk)
+        if args.json:
+            print(json.dumps({"image": image_path, "model": model.name, "weights": lazy.source,
+                              "preprocess": pipeline, "size": args.size,
+                              "top": [row._asdict() for row in rows]}))
+        else:
+            _print_table(image_path, model, lazy.source, pipeline, args.size, rows)
+    return 1 if failures else 0
+
+
+def add_parser(sub):
+    p = sub.add_parser("predict", help="top-k ImageNet classes of images (default: an example photo)",
+                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("images", nargs="*", metavar="IMAGE", help="image files (default: the example photo)")
+    p.add_argument("--model", metavar="NAME",
+                   help=f"one of `npvit models` (default {DEFAULT_MODEL}; with --weights: detected)")
+    p.add_argument("--weights", metavar="PATH", help="checkpoint (.pt/.pth, .safetensors, .npz)")
+    p.add_argument("--download", action="store_true",
+                   help="download the official weights into the cache if they are not there")
+    p.add_argument("--topk", type=int, default=5, help="classes per image (default 5)")
+    p.add_argument("--size", type=int, default=DEFAULT_CROP_SIZE,
+                   help=f"network input side: short side resized to SIZE+32, centre crop "
+                        f"(default {DEFAULT_CROP_SIZE})")
+    p.add_argument("--preprocess", choices=PREPROCESS_CHOICES, default="cvnets",
+                   help="cvnets (default) = the model family's official pipeline "
+                        "(cvnets-v1: OpenCV bilinear, BGR; cvnets-v2: PIL bicubic, RGB); "
+                        "hf = the Hugging Face port's")
+    p.add_argument("--json", action="store_true", help="one JSON object per image (JSON lines)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the random weights, when used")
+    p.set_defaults(func=run)
