@@ -80,9 +80,9 @@ def make_unit(unit: str, k: int, dim: int, heads: int, proj_len: int, rng: np.ra
 
 
 def mha_memory_estimate(k: int, heads: int) -> int:
-    """Bytes MHA needs at its peak, float32, batch 1: softmax holds three (h, k, k) arrays at
-    once (the scores, exp(scores - max) and the normalised weights)."""
-    return 3 * heads * k * k * 4
+    """Bytes MHA needs at its peak, float32, batch 1: one (h, k, k) array — the scores, which
+    the softmax overwrites in place with the attention weights (every other array is O(k d))."""
+    return heads * k * k * 4
 
 
 def available_memory() -> int | None:
