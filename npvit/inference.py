@@ -27,6 +27,7 @@ from typing import NamedTuple
 
 import numpy as np
 
+from .commands.convert import LAYOUT_NAMES
 from .data import PIPELINES, default_pipeline, imagenet_classes
 from .errors import NpvitError
 from .functional import softmax_forward
@@ -91,7 +92,7 @@ def load_model(name: str | None = None, weights=None, fallback_random: bool = Fa
         converted = convert_checkpoint(weights, model=name)
         model = create_model(converted.model)
         model.load_state_dict(converted.state)
-        source = f"weights {weights} ({converted.layout} layout)"
+        source = f"weights {weights} ({LAYOUT_NAMES[converted.layout]} layout)"
     else:
         name = name or DEFAULT_MODEL
         path = cached_weights(name)
