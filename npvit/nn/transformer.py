@@ -46,7 +46,21 @@ class ConvMlp(Sequential):
         self.fc2 = Conv2d(hidden, dim, 1, dtype=dtype)
 
 
-class TransformerLayer(Module):
+class PreNormResidualLayer(Module):
+    """The computation both MobileViT transformer layers share; subclasses only choose the
+    norm, attention and MLP modules (norm1, attn, attn_out_drop, norm2, mlp):
+        x = x + drop(attn(norm1(x)));  x = x + mlp(norm2(x))"""
+
+    def forward(self, x):
+        x = x + self.attn_out_drop.forward(self.attn.forward(self.norm1.forward(x)))
+        return x + self.mlp.forward(self.norm2.forward(x))
+
+    def backward(self, dy):
+        dy = dy + self.norm2.backward(self.mlp.backward(dy))
+        return dy + self.norm1.backward(self.attn.backward(self.attn_out_drop.backward(dy)))
+
+
+class TransformerLayer(PreNormResidualLayer):
     """MobileViT's transformer layer on tokens (B, k, d):
         x = x + drop(attn(norm1(x)));  x = x + mlp(norm2(x))
     norm1, norm2: LayerNorm (eps 1e-5); attn: MultiHeadAttention; mlp: d -> mlp_ratio*d, SiLU,
@@ -60,16 +74,8 @@ class TransformerLayer(Module):
         self.norm2 = LayerNorm(dim, eps=1e-5, dtype=dtype)
         self.mlp = Mlp(dim, int(dim * mlp_ratio), drop=drop, dtype=dtype)
 
-    def forward(self, x):
-        x = x + self.attn_out_drop.forward(self.attn.forward(self.norm1.forward(x)))
-        return x + self.mlp.forward(self.norm2.forward(x))
 
-    def backward(self, dy):
-        dy = dy + self.norm2.backward(self.mlp.backward(dy))
-        return dy + self.norm1.backward(self.attn.backward(self.attn_out_drop.backward(dy)))
-
-
-class LinearTransformerLayer(Module):
+class LinearTransformerLayer(PreNormResidualLayer):
     """MobileViTv2's transformer layer on (B, d, P, N):
         x = x + drop(attn(norm1(x)));  x = x + mlp(norm2(x))
     norm1, norm2: GroupNorm(1, d) (ml-cvnets' "LayerNorm2D"); attn: SeparableSelfAttention;
@@ -83,11 +89,3 @@ class LinearTransformerLayer(Module):
         self.attn_out_drop = Dropout(drop)               # timm's LinearSelfAttention.out_drop
         self.norm2 = GroupNorm(1, dim, eps=1e-5, dtype=dtype)
         self.mlp = ConvMlp(dim, int(dim * mlp_ratio), drop=drop, dtype=dtype)
-
-    def forward(self, x):
-        x = x + self.attn_out_drop.forward(self.attn.forward(self.norm1.forward(x)))
-        return x + self.mlp.forward(self.norm2.forward(x))
-
-    def backward(self, dy):
-        dy = dy + self.norm2.backward(self.mlp.backward(dy))
-        return dy + self.norm1.backward(self.attn.backward(self.attn_out_drop.backward(dy)))
