@@ -11,7 +11,7 @@ from .errors import NpvitError
 
 # Order is the order in `npvit --help`.
 COMMANDS = ["predict", "eval", "models", "gradcheck", "convert", "download", "bench", "scoremap",
-            "finetune"]
+            "finetune", "verify"]
 
 
 def build_parser() -> argparse.ArgumentParser:
