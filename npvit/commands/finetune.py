@@ -160,7 +160,8 @@ def run(args) -> int:
     for epoch in range(start, settings["epochs"]):
         began = time.perf_counter()
         train_loader.set_epoch(epoch)
-        tag = f"epoch {epoch + 1}/{settings['epochs']}"
+        epochs = settings["epochs"]
+        tag = f"epoch {epoch + 1:>{len(str(epochs))}}/{epochs}"
         stats = train_one_epoch(model, train_loader, opt, sched, settings["label_smoothing"],
                                 freeze_backbone=settings["freeze_backbone"],
                                 progress=not args.quiet, desc=tag)
