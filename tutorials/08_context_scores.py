@@ -102,12 +102,11 @@ print(f"OS 8 map by hand == npvit.viz: scores on a {on_grid.shape} grid -> heat 
 
 fig, axes = plt.subplots(1, 4, figsize=(13, 3.4))
 image_rgb = display_image(x, npvit.data.get_pipeline(default_pipeline(NAME)).channel_order)
-panels = [(image_rgb, "input"), (r.weights[0, 0], "1. scores (P, N)"),
-          (on_grid, "2. pixel-shuffled (2n_h, 2n_w)"),
-          (viz.colorize(by_hand), "3-4. normalised, upsampled, jet")]
-for ax, (picture, title) in zip(axes, panels):
-    ax.imshow(picture, aspect="auto" if picture is r.weights[0, 0] else None,
-              interpolation="nearest")
+panels = [(image_rgb, "input", "equal"), (r.weights[0, 0], "1. scores (P, N)", "auto"),
+          (on_grid, "2. pixel-shuffled (2n_h, 2n_w)", "equal"),
+          (viz.colorize(by_hand), "3-4. normalised, upsampled, jet", "equal")]
+for ax, (picture, title, aspect) in zip(axes, panels):
+    ax.imshow(picture, aspect=aspect, interpolation="nearest")
     ax.set(title=title, xticks=[], yticks=[])
 save_figure(fig, "08_score_map_steps.png")
 
