@@ -1,4 +1,5 @@
-"""The README's first command must run offline and report real gradient-check results."""
+"""`npvit gradcheck` (listed in the README's Predict section) must run offline and report real
+gradient-check results."""
 import subprocess
 import sys
 

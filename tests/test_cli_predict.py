@@ -184,3 +184,14 @@ def test_models_lists_all_ten_with_counts_top1_and_cache_state(tmp_path, empty_c
         expected = {V2: "converted", "mobilevit_s": "downloaded"}.get(name, "-")
         assert line.split()[5] == expected
     assert str(empty_cache) in out.stdout.splitlines()[-1]
+
+
+def test_readme_first_command_is_a_prediction_that_runs_offline(tmp_path):
+    from pathlib import Path
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    first = readme.split("```bash\n", 1)[1].splitlines()[0]
+    install, command = first.split(" && ")
+    assert install == "pip install -e ." and command.split()[:2] == ["npvit", "predict"]
+    out = _predict_without_torch(tmp_path, command.split()[2:])    # empty cache, no torch
+    assert out.returncode == 0 and "Traceback" not in out.stderr
+    assert "RANDOM" in json.loads(out.stdout)["weights"]
