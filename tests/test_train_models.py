@@ -1,10 +1,10 @@
 """Whole-model training steps against timm + torch.optim.
 
 mobilevit_xxs and mobilevitv2_050 start from identical float64 weights (random, with randomised
-BatchNorm statistics), in train mode, on batches of two 64x96 images (the last stage's 2x3 map
-is resized to 2x4 in both families, so every attention sees at least 2 patches), and take 3 consecutive steps of npvit.train.train_step
-(forward, label-smoothed cross-entropy, backward, optimiser update) against the same steps in
-PyTorch. After every step the losses agree, and after the last one every parameter and every
+BatchNorm statistics) and take 3 consecutive steps of npvit.train.train_step (forward,
+label-smoothed cross-entropy, backward, optimiser update) in train mode, against the same steps
+in PyTorch, on batches of two 64x96 images (the last stage's 2x3 map is resized to 2x4 in both
+families, so every attention sees at least 2 patches). After every step the losses agree, and after the last one every parameter and every
 BatchNorm running statistic does.
 """
 import numpy as np
