@@ -7,10 +7,11 @@ Two code paths, chosen by the shape of the weight, and both checked against PyTo
   ``cols`` of shape (N, G, C_in/G * kh * kw, H_out * W_out) and ``y = W @ cols``. A 1x1
   convolution with stride 1 needs no copy at all: ``cols`` is the input itself, reshaped.
 * depthwise convolution (one input channel per group, ``C_in == groups``) runs as a
-  **per-tap accumulation**: for each of the kh * kw kernel taps, a strided view of the padded
-  input is multiplied by that tap's weight (one number per channel) and added to the output.
+  **per-tap accumulation**: for each of the kh * kw kernel taps, the padded input shifted by
+  that tap is multiplied by the tap's weight (one number per channel) and added to the output.
   An im2col for depthwise would copy kh * kw times the input to do kh * kw multiplies per
-  output, so the per-tap loop is both simpler to read and faster.
+  output, so the per-tap loop is both simpler to read and faster. The forward flattens the
+  padded planes so each shifted input is one contiguous slice (see ``_depthwise_forward``).
 
 The backward of the GEMM path is two more GEMMs (``dW = dy @ cols^T``, ``dcols = W^T @ dy``)
 followed by col2im, the adjoint of im2col, which scatter-adds each tap back into the padded
@@ -111,20 +112,42 @@ def conv2d_forward(x, w, b=None, stride=1, padding=0, groups: int = 1):
 
 
 def _depthwise_forward(x, w, b, stride, padding):
+    """Depthwise convolution as kh * kw multiply-adds of whole, contiguous shifted planes.
+
+    Pad each (sample, channel) plane and flatten it row by row, rows Wq wide. With stride 1,
+    tap (i, j) of output pixel (a, b) reads flat position (a + i) * Wq + (b + j), which is
+    (a * Wq + b) shifted by the constant i * Wq + j: so the tap's input for EVERY output pixel
+    is one contiguous slice of the flat plane, and each tap is a single long, vectorised
+    multiply-add instead of a 4-D strided one. Outputs are computed on the Wq-wide grid; the
+    last Wq - W_out columns of each row straddle the row's end and are cropped at the end.
+    A stride s is turned into stride 1 by splitting the padded input into s * s phases (rows
+    r::s, columns q::s): tap (i, j) reads phase (i % s, j % s) shifted by (i // s, j // s).
+    """
     sh, sw = _pair(stride)
     ph, pw = _pair(padding)
     n, c, h, wd = x.shape
     kh, kw = w.shape[2:]
     ho, wo = _output_size(h, kh, sh, ph), _output_size(wd, kw, sw, pw)
-    xp = _pad(x, ph, pw)
-    y = np.zeros((n, c, ho, wo), dtype=np.result_type(x, w))
+    hq = ho + (kh - 1) // sh + 1          # phase rows: the taps' reach plus one spare row, so
+    wq = wo + (kw - 1) // sw              # the last tap's flat slice stays inside the plane
+    xp = np.zeros((n, c, sh * hq, sw * wq), dtype=x.dtype)
+    rows, cols = min(h, sh * hq - ph), min(wd, sw * wq - pw)   # input the taps can reach
+    xp[:, :, ph:ph + rows, pw:pw + cols] = x[:, :, :rows, :cols]
+    phases = {(r, q): np.ascontiguousarray(xp[:, :, r::sh, q::sw]).reshape(n, c, hq * wq)
+              for r in range(sh) for q in range(sw)}             # stride 1: xp itself, no copy
+    length = ho * wq
+    y = np.empty((n, c, length), dtype=np.result_type(x, w))
     product = np.empty_like(y)            # one scratch buffer that every tap reuses
     for i in range(kh):
         for j in range(kw):
-            np.multiply(_tap(xp, i, j, sh, sw, ho, wo), w[:, 0, i, j].reshape(1, c, 1, 1), out=product)
-            y += product
+            shift = (i // sh) * wq + j // sw
+            tap = phases[i % sh, j % sw][:, :, shift:shift + length]
+            np.multiply(tap, w[:, 0, i, j].reshape(1, c, 1), out=product if i or j else y)
+            if i or j:
+                y += product
     if b is not None:
-        y += b.reshape(1, -1, 1, 1)
+        y += b.reshape(1, c, 1)
+    y = np.ascontiguousarray(y.reshape(n, c, ho, wq)[:, :, :, :wo])
     cache = ("depthwise", x.shape, w, xp, stride, padding, c, b is not None)
     return y, cache
 
@@ -153,7 +176,7 @@ def _depthwise_backward(dy, cache):
     n, _, h, wd = x_shape
     kh, kw = w.shape[2:]
     ho, wo = dy.shape[2:]
-    dxp = np.zeros(xp.shape, dtype=dy.dtype)
+    dxp = np.zeros((n, c, h + 2 * ph, wd + 2 * pw), dtype=dy.dtype)
     dw = np.empty(w.shape, dtype=dy.dtype)
     for i in range(kh):
         for j in range(kw):
