@@ -137,17 +137,20 @@ def test_each_bad_image_is_one_line_and_a_nonzero_exit(tmp_path, empty_cache, ca
 
 
 def test_good_and_bad_images_together_report_every_good_one(tmp_path, photos, empty_cache):
+    panorama = tmp_path / "panorama.png"          # readable, too long to resize (short side 96)
+    Image.new("RGB", (400_000, 32)).save(panorama)
     paths = [tmp_path / "missing.jpg", photos[1], BAD_FILES["truncated jpeg"][0](tmp_path),
-             photos[2], BAD_FILES["empty"][0](tmp_path)]
+             photos[2], BAD_FILES["empty"][0](tmp_path), panorama]
     save_npz(npvit.create_model(V2, seed=4).state_dict(), tmp_path / "w.npz")
     out = _predict_without_torch(tmp_path, [*paths, "--weights", tmp_path / "w.npz", "--size", "64"])
     assert out.returncode == 1
     assert [json.loads(line)["image"] for line in out.stdout.splitlines()] == [str(photos[1]),
                                                                                str(photos[2])]
     errors = out.stderr.splitlines()
-    assert len(errors) == 3 and "Traceback" not in out.stderr
-    for line, bad in zip(errors, [paths[0], paths[2], paths[4]]):
+    assert len(errors) == 4 and "Traceback" not in out.stderr
+    for line, bad in zip(errors, [paths[0], paths[2], paths[4], panorama]):
         assert line.startswith(f"npvit: error: {bad}: ")
+    assert "too elongated" in errors[-1]
 
 
 @pytest.mark.parametrize("argv, message", [
