@@ -135,7 +135,8 @@ def run(args) -> int:
                           "top1": top1, "top5": top5}))
     else:
         print(f"{model.name}  [{source}, {pipeline} {args.size}x{args.size}]")
-        print(f"  images  {tally.images} evaluated" + (f", {skipped} skipped (unreadable)" if skipped else ""))
+        skipped_note = f", {skipped} skipped (unreadable)" if skipped else ""
+        print(f"  images  {tally.images} evaluated{skipped_note}")
         print(f"  top-1   {top1:.2%}  ({tally.top1}/{tally.images})")
         print(f"  top-5   {top5:.2%}  ({tally.top5}/{tally.images})")
     return 1 if skipped else 0
