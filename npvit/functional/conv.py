@@ -111,6 +111,20 @@ def conv2d_forward(x, w, b=None, stride=1, padding=0, groups: int = 1):
     return y, cache
 
 
+def _depthwise_geometry(x_shape, w_shape, stride, padding):
+    """Sizes of the flat-plane layout of :func:`_depthwise_forward`: (ho, wo, hq, wq, rows, cols)
+    with (ho, wo) the output size, (hq, wq) the size of each of the s_h * s_w phases, and
+    (rows, cols) the part of the input the taps can reach (the rest gets no gradient)."""
+    sh, sw = _pair(stride)
+    ph, pw = _pair(padding)
+    h, wd = x_shape[2:]
+    kh, kw = w_shape[2:]
+    ho, wo = _output_size(h, kh, sh, ph), _output_size(wd, kw, sw, pw)
+    hq = ho + (kh - 1) // sh + 1          # phase rows: the taps' reach plus one spare row, so
+    wq = wo + (kw - 1) // sw              # the last tap's flat slice stays inside the plane
+    return ho, wo, hq, wq, min(h, sh * hq - ph), min(wd, sw * wq - pw)
+
+
 def _depthwise_forward(x, w, b, stride, padding):
     """Depthwise convolution as kh * kw multiply-adds of whole, contiguous shifted planes.
 
@@ -125,13 +139,10 @@ def _depthwise_forward(x, w, b, stride, padding):
     """
     sh, sw = _pair(stride)
     ph, pw = _pair(padding)
-    n, c, h, wd = x.shape
+    n, c = x.shape[:2]
     kh, kw = w.shape[2:]
-    ho, wo = _output_size(h, kh, sh, ph), _output_size(wd, kw, sw, pw)
-    hq = ho + (kh - 1) // sh + 1          # phase rows: the taps' reach plus one spare row, so
-    wq = wo + (kw - 1) // sw              # the last tap's flat slice stays inside the plane
+    ho, wo, hq, wq, rows, cols = _depthwise_geometry(x.shape, w.shape, stride, padding)
     xp = np.zeros((n, c, sh * hq, sw * wq), dtype=x.dtype)
-    rows, cols = min(h, sh * hq - ph), min(wd, sw * wq - pw)   # input the taps can reach
     xp[:, :, ph:ph + rows, pw:pw + cols] = x[:, :, :rows, :cols]
     phases = {(r, q): np.ascontiguousarray(xp[:, :, r::sh, q::sw]).reshape(n, c, hq * wq)
               for r in range(sh) for q in range(sw)}             # stride 1: xp itself, no copy
@@ -148,7 +159,7 @@ def _depthwise_forward(x, w, b, stride, padding):
     if b is not None:
         y += b.reshape(1, c, 1)
     y = np.ascontiguousarray(y.reshape(n, c, ho, wq)[:, :, :, :wo])
-    cache = ("depthwise", x.shape, w, xp, stride, padding, c, b is not None)
+    cache = ("depthwise", x.shape, w, phases, stride, padding, c, b is not None)
     return y, cache
 
 
@@ -160,8 +171,9 @@ def conv2d_backward(dy, cache):
     n, c_out, ho, wo = dy.shape
     c_in_g, kh, kw = w.shape[1:]
     dym = dy.reshape(n, g, c_out // g, ho * wo)                       # (N, G, C_out/G, L)
-    # dW[g] = sum_n dy[n, g] @ cols[n, g]^T : one GEMM over (n, L) pairs.
-    dw = np.einsum("ngol,ngkl->gok", dym, cols, optimize=True).reshape(w.shape)
+    # dW[g] = sum_n dy[n, g] @ cols[n, g]^T: a GEMM per sample on the transposed view of cols
+    # (no copy of the big cols), then a sum of the small (N, G, C_out/G, K) results.
+    dw = np.matmul(dym, cols.swapaxes(-1, -2)).sum(axis=0).reshape(w.shape)
     wm = w.reshape(g, c_out // g, c_in_g * kh * kw)
     dcols = np.matmul(wm.transpose(0, 2, 1), dym)                     # (N, G, K, L)
     dx = col2im(dcols.reshape(n, -1, ho * wo), x_shape, kh, kw, stride, padding)
@@ -170,19 +182,33 @@ def conv2d_backward(dy, cache):
 
 
 def _depthwise_backward(dy, cache):
-    _, x_shape, w, xp, stride, padding, c, has_bias = cache
+    """The forward's per-tap loop read backwards, on the same flat shifted slices:
+    y += tap * w  =>  dw_tap = sum(dy * tap),  dtap += dy * w."""
+    _, x_shape, w, phases, stride, padding, c, has_bias = cache
     sh, sw = _pair(stride)
     ph, pw = _pair(padding)
-    n, _, h, wd = x_shape
+    n = x_shape[0]
     kh, kw = w.shape[2:]
-    ho, wo = dy.shape[2:]
-    dxp = np.zeros((n, c, h + 2 * ph, wd + 2 * pw), dtype=dy.dtype)
+    ho, wo, hq, wq, rows, cols = _depthwise_geometry(x_shape, w.shape, stride, padding)
+    length = ho * wq
+    dy_wide = np.zeros((n, c, ho, wq), dtype=dy.dtype)   # zeros in the cropped columns
+    dy_wide[:, :, :, :wo] = dy
+    dy_wide = dy_wide.reshape(n, c, length)
+    dphases = {key: np.zeros_like(phase, dtype=dy.dtype) for key, phase in phases.items()}
     dw = np.empty(w.shape, dtype=dy.dtype)
+    product = np.empty_like(dy_wide)
     for i in range(kh):
         for j in range(kw):
-            # y += tap(xp) * w  =>  dw_tap = sum(dy * tap(xp)),  tap(dxp) += dy * w
-            dw[:, 0, i, j] = np.einsum("nchw,nchw->c", dy, _tap(xp, i, j, sh, sw, ho, wo))
-            _tap(dxp, i, j, sh, sw, ho, wo)[...] += dy * w[:, 0, i, j].reshape(1, c, 1, 1)
-    dx = dxp[:, :, ph:ph + h, pw:pw + wd]
+            shift = (i // sh) * wq + j // sw
+            key = (i % sh, j % sw)
+            np.multiply(dy_wide, phases[key][:, :, shift:shift + length], out=product)
+            dw[:, 0, i, j] = product.sum(axis=(0, 2))
+            np.multiply(dy_wide, w[:, 0, i, j].reshape(1, c, 1), out=product)
+            dphases[key][:, :, shift:shift + length] += product
+    dxp = np.empty((n, c, sh * hq, sw * wq), dtype=dy.dtype)
+    for (r, q), dphase in dphases.items():
+        dxp[:, :, r::sh, q::sw] = dphase.reshape(n, c, hq, wq)
+    dx = np.zeros(x_shape, dtype=dy.dtype)               # input the taps never reach: zero
+    dx[:, :, :rows, :cols] = dxp[:, :, ph:ph + rows, pw:pw + cols]
     db = dy.sum(axis=(0, 2, 3)) if has_bias else None
     return dx, dw, db
