@@ -37,7 +37,11 @@ def silu_backward(dy, cache):
     # d/dx [x s(x)] = s + x s (1 - s) = s + y (1 - s), with s = sigmoid(x) = 1 / denom
     y, denom = cache
     s = 1 / denom
-    return dy * (s + y * (1 - s))
+    grad = 1 - s                          # built up in one buffer: s + y (1 - s), then * dy
+    grad *= y
+    grad += s
+    grad *= dy
+    return grad
 
 
 # Python floats, not NumPy float64 scalars, so float32 inputs stay float32 (NEP 50).

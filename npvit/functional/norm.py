@@ -25,8 +25,13 @@ def _standardize_forward(x, axes, eps):
 
 def _standardize_backward(dx_hat, x_hat, inv_std, axes):
     m1 = dx_hat.mean(axis=axes, keepdims=True)
-    m2 = (dx_hat * x_hat).mean(axis=axes, keepdims=True)
-    return inv_std * (dx_hat - m1 - x_hat * m2)
+    dx = dx_hat * x_hat                                  # scratch for mean(dx_hat * x_hat) ...
+    m2 = dx.mean(axis=axes, keepdims=True)
+    np.multiply(x_hat, m2, out=dx)                       # ... then reused for the result
+    np.subtract(dx_hat, dx, out=dx)
+    dx -= m1
+    dx *= inv_std
+    return dx
 
 
 # --- batch norm -------------------------------------------------------------------------------
