@@ -27,13 +27,13 @@ from typing import NamedTuple
 
 import numpy as np
 
-from .commands.convert import LAYOUT_NAMES
 from .data import PIPELINES, default_pipeline, imagenet_classes
 from .errors import NpvitError
 from .functional import softmax_forward
 from .models import MobileViTNet, create_model, list_models
 from .nn import no_grad
 from .weights import cache_dir, convert_checkpoint, official, pretrained_path
+from .weights.keymap import LAYOUT_NAMES
 
 # The smallest MobileViTv2 (1.37 M parameters, 70.18% top-1): quick on a laptop CPU, and its
 # ml-cvnets v0.2 preprocessing (PIL bicubic, RGB) needs nothing beyond Pillow.

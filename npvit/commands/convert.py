@@ -6,8 +6,8 @@ from pathlib import Path
 
 from ..errors import NpvitError
 from ..weights import convert_checkpoint, num_parameters, save_npz
+from ..weights.keymap import LAYOUT_NAMES
 
-LAYOUT_NAMES = {"cvnets": "ml-cvnets", "hf": "Hugging Face", "timm": "timm/npvit"}
 
 
 def run(args) -> int:

@@ -30,19 +30,14 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from ..data import DEFAULT_CROP_SIZE, MIN_SIDE, load_image, preprocess, wnid_to_index
+from ..data import (DEFAULT_CROP_SIZE, MIN_SIDE, image_files, load_image, preprocess,
+                    wnid_to_index)
 from ..errors import NpvitError
 from ..inference import DEFAULT_MODEL, PREPROCESS_CHOICES, classify, load_model, pipeline_for
-from ..train.folder import IMAGE_EXTENSIONS
 
 _WNID_PREFIX = re.compile(r"^(n\d{8})(?!\d)")   # "n01440764_10026.JPEG" -> "n01440764"
 
 Sample = tuple[Path, int]   # (image file, ImageNet class index)
-
-
-def _image_files(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith(".")
-                  and p.suffix.lower() in IMAGE_EXTENSIONS)
 
 
 def labelled_images(directory) -> tuple[list[Sample], int]:
@@ -57,9 +52,9 @@ def labelled_images(directory) -> tuple[list[Sample], int]:
         if unknown:
             raise NpvitError(f"{root}/{unknown[0]}: sub-folders must be named by ImageNet-1k "
                              f"WordNet ids such as n01440764 ({len(unknown)} are not)")
-        return [(f, classes[p.name]) for p in folders for f in _image_files(p)], 0
+        return [(f, classes[p.name]) for p in folders for f in image_files(p)], 0
     samples, unlabelled = [], 0
-    for f in _image_files(root):
+    for f in image_files(root):
         match = _WNID_PREFIX.match(f.name)
         if match and match.group(1) in classes:
             samples.append((f, classes[match.group(1)]))

@@ -19,34 +19,14 @@ from .. import functional as F
 from ..data import (DEFAULT_CROP_SIZE, PIPELINES, default_pipeline, get_pipeline,
                     imagenet_classes, load_image, preprocess)
 from ..errors import NpvitError
-from ..models import create_model
-from ..weights import cache_dir, load_pretrained, official
-
-
-def _official_weights_cached(name: str) -> bool:
-    """True when create_model(name, pretrained=True) would load without a download."""
-    folder = cache_dir()
-    return (folder / f"{name}.npz").is_file() or (folder / official(name).file_name).is_file()
-
-
-def _load_weights(model, weights) -> str:
-    """Load weights into ``model``; return how the figure title should name them."""
-    if weights:
-        model.load_state_dict(load_pretrained(model.name, weights))
-        return f"weights {Path(weights).name}"
-    if _official_weights_cached(model.name):
-        model.load_state_dict(load_pretrained(model.name, True))
-        return "official weights"
-    print(f"npvit scoremap: no weights for {model.name} (no --weights, none in {cache_dir()}; "
-          f"see `npvit download`): drawing an untrained network with RANDOM weights",
-          file=sys.stderr)
-    return "RANDOM weights, untrained"
+from ..inference import RANDOM_WEIGHTS, load_model, missing_weights_message
 
 
 def run(args) -> int:
     from ..viz import figures, head_attention_maps, run_with_capture, score_maps
 
-    model = create_model(args.model, seed=args.seed)
+    # Weights as `npvit predict` finds them (--weights, else the cache), else random ones.
+    model, source = load_model(args.model, args.weights, fallback_random=True, seed=args.seed)
     if model.version == 2 and args.query is not None:
         raise NpvitError(f"--query picks the query patch of MobileViT v1's attention maps; "
                          f"{model.name} is MobileViTv2, whose separable attention has no "
@@ -56,7 +36,12 @@ def run(args) -> int:
                          f"{args.size}x{args.size} network input (pixels 0 to {args.size - 1})")
     pipeline = args.pipeline or default_pipeline(model.name)
     x = preprocess(load_image(args.image), pipeline, crop_size=args.size)[None]   # (1, 3, S, S)
-    weights_label = _load_weights(model, args.weights)
+    if source == RANDOM_WEIGHTS:
+        print(f"npvit scoremap: {missing_weights_message(model.name)}; drawing an untrained "
+              f"network with RANDOM weights", file=sys.stderr)
+        weights_label = "RANDOM weights, untrained"
+    else:
+        weights_label = f"weights {Path(args.weights).name}" if args.weights else "official weights"
     logits, records = run_with_capture(model, x)
 
     title = f"{model.name} ({weights_label}) on {Path(args.image).name}"

@@ -115,3 +115,13 @@ def example_image_path() -> Path:
     from matplotlib import cbook  # imported here: matplotlib is slow to import
 
     return Path(cbook.get_sample_data("grace_hopper.jpg", asfileobj=False))
+
+
+# File endings treated as images when a folder is scanned (eval, fine-tuning).
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
+
+
+def image_files(folder) -> list[Path]:
+    """The image files directly inside ``folder`` (by ending; hidden files skipped), sorted."""
+    return sorted(p for p in Path(folder).iterdir() if p.is_file() and not p.name.startswith(".")
+                  and p.suffix.lower() in IMAGE_EXTENSIONS)

@@ -22,11 +22,10 @@ from pathlib import Path
 
 import numpy as np
 
-from ..data import load_image
+from ..data import IMAGE_EXTENSIONS, image_files, load_image
 from ..errors import NpvitError
 
 # the extensions torchvision's ImageFolder accepts
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
 
 Sample = tuple[Path, int]   # (image file, class index)
 
@@ -51,8 +50,7 @@ def _class_folders(root: Path) -> list[str]:
 
 
 def _images(folder: Path) -> list[Path]:
-    files = sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith(".")
-                   and p.suffix.lower() in IMAGE_EXTENSIONS)
+    files = image_files(folder)
     if not files:
         raise NpvitError(f"{folder} has no image files ({', '.join(IMAGE_EXTENSIONS)})")
     return files

@@ -96,6 +96,8 @@ HF_RULES = [
 ]
 
 RULES = {"cvnets": CVNETS_RULES, "hf": HF_RULES}
+# How each key layout is named to people (convert/predict messages).
+LAYOUT_NAMES = {"cvnets": "ml-cvnets", "hf": "Hugging Face", "timm": "timm/npvit"}
 
 
 def detect_layout(keys) -> str:
