@@ -171,3 +171,12 @@ def test_pretrained_with_another_class_count_keeps_the_backbone_and_a_fresh_head
     for k, v in source.state_dict().items():
         if not k.startswith("head.fc."):
             np.testing.assert_array_equal(other.state_dict()[k], v, err_msg=k)
+
+
+def test_a_fine_tuned_checkpoint_with_its_own_class_count_loads_whole(tmp_path):
+    tuned = npvit.create_model("mobilevitv2_050", num_classes=7, seed=2)
+    path = tmp_path / "tuned.npz"
+    np.savez(path, **tuned.state_dict())
+    again = npvit.create_model("mobilevitv2_050", num_classes=7, pretrained=str(path))
+    for k, v in tuned.state_dict().items():
+        np.testing.assert_array_equal(again.state_dict()[k], v, err_msg=k)

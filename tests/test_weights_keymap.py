@@ -100,7 +100,7 @@ def test_other_architecture_is_named_in_one_line():
 
 def test_wrong_shape_missing_and_unexpected_are_listed_together():
     state = _zeros_like_model("mobilevit_xs")
-    state["head.fc.weight"] = np.zeros((10, 384), np.float32)
+    state["head.fc.weight"] = np.zeros((1000, 380), np.float32)   # wrong input width
     del state["stages.3.1.norm.bias"]
     state["stages.3.1.extra.weight"] = np.zeros(3, np.float32)
     with pytest.raises(NpvitError) as e:
@@ -108,9 +108,19 @@ def test_wrong_shape_missing_and_unexpected_are_listed_together():
     message = str(e.value)
     assert "\n" not in message
     assert "x.pt does not fit mobilevit_xs" in message
-    assert "1 mis-shaped: head.fc.weight 10x384 (model: 1000x384)" in message
+    assert "1 mis-shaped: head.fc.weight 1000x380 (model: 1000x384)" in message
     assert "1 missing: stages.3.1.norm.bias" in message
     assert "1 unexpected: stages.3.1.extra.weight" in message
+
+
+def test_the_class_count_is_free_but_must_be_consistent():
+    state = _zeros_like_model("mobilevit_xs")
+    state["head.fc.weight"] = np.zeros((10, 384), np.float32)
+    state["head.fc.bias"] = np.zeros(10, np.float32)
+    check_state(state, "mobilevit_xs")             # a fine-tuned 10-class head fits
+    state["head.fc.bias"] = np.zeros(1000, np.float32)
+    with pytest.raises(NpvitError, match="head.fc.bias 1000 .head.fc.weight has 10 rows"):
+        check_state(state, "mobilevit_xs")
 
 
 def test_num_batches_tracked_is_optional():

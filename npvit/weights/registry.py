@@ -50,13 +50,27 @@ def _optional(key: str) -> bool:
     return key.endswith("num_batches_tracked")
 
 
+def _fits(key: str, shape: tuple, expected: tuple) -> bool:
+    # The classifier may have any number of classes (a fine-tuned checkpoint); only its input
+    # width is fixed by the variant. Every other tensor must match exactly.
+    if key == "head.fc.weight":
+        return len(shape) == 2 and shape[1] == expected[1]
+    if key == "head.fc.bias":
+        return len(shape) == 1
+    return shape == expected
+
+
 def mismatches(state: dict[str, np.ndarray], name: str) -> tuple[list, list, list]:
     """(missing, unexpected, mis-shaped) keys of ``state`` against model ``name``."""
     expected = expected_shapes(name)
     missing = [k for k in expected if k not in state and not _optional(k)]
     unexpected = [k for k in state if k not in expected]
     wrong = [f"{k} {_fmt(np.shape(v))} (model: {_fmt(expected[k])})"
-             for k, v in state.items() if k in expected and tuple(np.shape(v)) != expected[k]]
+             for k, v in state.items() if k in expected and not _fits(k, tuple(np.shape(v)), expected[k])]
+    if "head.fc.weight" in state and "head.fc.bias" in state and \
+            np.shape(state["head.fc.weight"])[0] != np.shape(state["head.fc.bias"])[0]:
+        wrong.append(f"head.fc.bias {_fmt(np.shape(state['head.fc.bias']))} (head.fc.weight has "
+                     f"{np.shape(state['head.fc.weight'])[0]} rows)")
     return missing, unexpected, wrong
 
 
