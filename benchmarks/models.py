@@ -48,7 +48,8 @@ from npvit.commands.bench import THREAD_VARIABLES
 from npvit.nn import Conv2d, Linear, no_grad
 from npvit.opcount import count_ops
 
-NOTES_MARKER = "<!-- Hand-written notes below this line are kept when the benchmark rewrites the file. -->"
+NOTES_MARKER = ("<!-- Hand-written notes below this line are kept when the benchmark rewrites "
+                "the file. -->")
 
 
 def load_torch():

@@ -10,7 +10,7 @@ import sys
 from no_torch import blocked_imports, run_without_torch
 from npvit.commands.bench import _models_benchmark
 
-HAVE_TORCH = importlib.util.find_spec("torch") is not None and importlib.util.find_spec("timm") is not None
+HAVE_TORCH = all(importlib.util.find_spec(name) is not None for name in ("torch", "timm"))
 
 
 def test_quick_benchmark_reports_both_models_and_frameworks(tmp_path):
@@ -28,7 +28,8 @@ def test_quick_benchmark_reports_both_models_and_frameworks(tmp_path):
         assert row["npvit_s"] > 0 and row["npvit_gflops"] > 0
         assert ("ratio" in row) == HAVE_TORCH
     for name, info in result["models"].items():
-        assert info["macs_per_image"] == info["conv_linear_macs_per_image"] + info["attention_product_macs_per_image"]
+        parts = info["conv_linear_macs_per_image"] + info["attention_product_macs_per_image"]
+        assert info["macs_per_image"] == parts
         assert (info["attention_product_macs_per_image"] > 0) == name.startswith("mobilevit_")  # v1 MHA
         if HAVE_TORCH:
             assert info["torch_macs_per_image"] == info["conv_linear_macs_per_image"]
