@@ -371,3 +371,16 @@ def test_scoremap_names_a_missing_image_before_anything_else(empty_cache, tmp_pa
     assert main(["scoremap", str(tmp_path / "nope.jpg"), "--model", V2]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith("npvit: error: ") and "nope.jpg" in err
+
+
+def test_plain_inference_keeps_no_attention_maps_but_capture_does():
+    # Memory: under no_grad a v1 model must not hold every layer's (B*P, h, N, N) map.
+    model = npvit.create_model("mobilevit_xxs", seed=0).eval()
+    x = np.random.default_rng(0).random((1, 3, 64, 64)).astype(np.float32)
+    layers = [layer for _, block in viz.attention_blocks(model) for layer in block.transformer]
+    with npvit.nn.no_grad():
+        model(x)
+    assert all(layer.attn.last_attention is None for layer in layers)
+    with npvit.nn.no_grad(), viz.capture(model) as records:
+        model(x)
+    assert len(records) == len(layers) and all(not layer.attn.record for layer in layers)

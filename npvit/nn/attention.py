@@ -17,7 +17,14 @@ from .. import functional as F
 from ..errors import NpvitError
 from .init import generator, uniform_fan_in
 from .layers import Conv2d, Linear
-from .module import Module, Parameter
+from .module import Module, Parameter, is_grad_enabled
+
+
+def _kept(module, weights):
+    """The attention weights to keep on the module for visualisers: while ``npvit.viz.capture``
+    records, or whenever backward's cache keeps them alive anyway. Plain inference (no_grad)
+    keeps none, so a v1 model does not hold every layer's (B*P, h, N, N) map until the end."""
+    return weights if module.record or is_grad_enabled() else None
 
 
 def _check_tokens(module, x, dim):
@@ -39,13 +46,14 @@ class MultiHeadAttention(Module):
         self.proj = Linear(dim, dim, dtype=dtype)
         self.rng = generator()
         self.last_attention = None
+        self.record = False     # npvit.viz.capture sets it while it records
 
     def forward(self, x):
         _check_tokens(self, x, self.proj.weight.shape[0])
         y, cache = F.multi_head_attention_forward(
             x, self.qkv.weight.data, self.qkv.bias.data, self.proj.weight.data,
             self.proj.bias.data, self.num_heads, self.attn_drop, self.training, self.rng)
-        self.last_attention = cache["attention"]
+        self.last_attention = _kept(self, cache["attention"])
         self.save_cache(cache)
         return y
 
@@ -76,6 +84,7 @@ class LinformerAttention(Module):
         self.value_proj = Parameter(uniform_fan_in((proj_len, seq_len), seq_len, dtype))
         self.proj = Linear(dim, dim, dtype=dtype)
         self.last_attention = None
+        self.record = False     # npvit.viz.capture sets it while it records
 
     def forward(self, x):
         _check_tokens(self, x, self.proj.weight.shape[0])
@@ -84,7 +93,7 @@ class LinformerAttention(Module):
         y, cache = F.linformer_attention_forward(
             x, self.qkv.weight.data, self.qkv.bias.data, self.key_proj.data, self.value_proj.data,
             self.proj.weight.data, self.proj.bias.data, self.num_heads)
-        self.last_attention = cache["attention"]
+        self.last_attention = _kept(self, cache["attention"])
         self.save_cache(cache)
         return y
 
@@ -116,6 +125,7 @@ class SeparableSelfAttention(Module):
         self.qkv_proj = Conv2d(dim, 1 + 2 * dim, 1, dtype=dtype)
         self.out_proj = Conv2d(dim, dim, 1, dtype=dtype)
         self.last_context_scores = None
+        self.record = False     # npvit.viz.capture sets it while it records
 
     def forward(self, x):
         tokens = x.ndim == 3
@@ -127,7 +137,7 @@ class SeparableSelfAttention(Module):
                              f"(B, k, {self.dim}), got {x.shape}")
         y, cache = F.separable_attention_forward(x, self.qkv_proj.weight.data, self.qkv_proj.bias.data,
                                                  self.out_proj.weight.data, self.out_proj.bias.data)
-        self.last_context_scores = cache["context_scores"]
+        self.last_context_scores = _kept(self, cache["context_scores"])
         self.save_cache((cache, tokens))
         return y[:, :, 0, :].transpose(0, 2, 1) if tokens else y
 

@@ -73,12 +73,18 @@ def capture(model):
     """Context manager yielding a list that, when the ``with`` block ends, holds one
     `AttentionRecord` per transformer layer (model order) of the last forward run inside it."""
     blocks = list(attention_blocks(model))
+    layers = [layer for _, block in blocks for layer in block.transformer]
     for _, block in blocks:
         block.last_grid = None
-        for layer in block.transformer:
-            setattr(layer.attn, _attention_of(layer)[1], None)
+    for layer in layers:
+        setattr(layer.attn, _attention_of(layer)[1], None)
+        layer.attn.record = True          # keep the weights even under no_grad
     records: list[AttentionRecord] = []
-    yield records
+    try:
+        yield records
+    finally:
+        for layer in layers:
+            layer.attn.record = False
     for stage_index, block in blocks:
         if block.last_grid is None:
             raise NpvitError("capture: no forward pass of the model ran inside the with block")
