@@ -80,9 +80,12 @@ def capture(model):
         setattr(layer.attn, _attention_of(layer)[1], None)
         layer.attn.record = True          # keep the weights even under no_grad
     records: list[AttentionRecord] = []
+    # Every layer must see the whole batch in one pass, so that its kept weights cover all images.
+    chunk, model.inference_chunk = model.inference_chunk, None
     try:
         yield records
     finally:
+        model.inference_chunk = chunk
         for layer in layers:
             layer.attn.record = False
     for stage_index, block in blocks:
