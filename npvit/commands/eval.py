@@ -34,6 +34,7 @@ from ..data import (DEFAULT_CROP_SIZE, MIN_SIDE, image_files, load_image, prepro
                     wnid_to_index)
 from ..errors import NpvitError
 from ..inference import DEFAULT_MODEL, PREPROCESS_CHOICES, classify, load_model, pipeline_for
+from .options import add_model_and_weights
 
 _WNID_PREFIX = re.compile(r"^(n\d{8})(?!\d)")   # "n01440764_10026.JPEG" -> "n01440764"
 
@@ -141,11 +142,7 @@ def add_parser(sub):
     p = sub.add_parser("eval", help="top-1 / top-5 accuracy on a folder of labelled ImageNet images",
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("directory", metavar="DIR", help="DIR/<wnid>/<image> or DIR/<wnid>_*.JPEG")
-    p.add_argument("--model", metavar="NAME",
-                   help=f"one of `npvit models` (default {DEFAULT_MODEL}; with --weights: detected)")
-    p.add_argument("--weights", metavar="PATH", help="checkpoint (.pt/.pth, .safetensors, .npz)")
-    p.add_argument("--download", action="store_true",
-                   help="download the official weights into the cache if they are not there")
+    add_model_and_weights(p)
     p.add_argument("--batch-size", type=int, default=16, help="images per forward pass (default 16)")
     p.add_argument("--limit", type=int, metavar="N", help="evaluate N images spread over the folder")
     p.add_argument("--size", type=int, default=DEFAULT_CROP_SIZE,

@@ -28,6 +28,7 @@ from ..inference import (DEFAULT_MODEL, PREPROCESS_CHOICES, RANDOM_WEIGHTS, clas
                          load_model, pipeline_for, top_k)
 from ..models import list_models
 from ..weights import cache_dir
+from .options import add_model_and_weights
 
 
 class _LazyModel:
@@ -101,11 +102,7 @@ def add_parser(sub):
     p = sub.add_parser("predict", help="top-k ImageNet classes of images (default: an example photo)",
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("images", nargs="*", metavar="IMAGE", help="image files (default: the example photo)")
-    p.add_argument("--model", metavar="NAME",
-                   help=f"one of `npvit models` (default {DEFAULT_MODEL}; with --weights: detected)")
-    p.add_argument("--weights", metavar="PATH", help="checkpoint (.pt/.pth, .safetensors, .npz)")
-    p.add_argument("--download", action="store_true",
-                   help="download the official weights into the cache if they are not there")
+    add_model_and_weights(p)
     p.add_argument("--topk", type=int, default=5, help="classes per image (default 5)")
     p.add_argument("--size", type=int, default=DEFAULT_CROP_SIZE,
                    help=f"network input side: short side resized to SIZE+32, centre crop "
