@@ -61,3 +61,22 @@ def check_gradients(forward: Callable, backward: Callable, inputs: dict[str, np.
         num, idx = numeric_gradient(lambda: forward(**inputs), x, g, h, max_coords, rng)
         errors[name] = relative_error(np.asarray(grad).reshape(-1)[idx], num)
     return errors
+
+
+def wrap_op(op_forward: Callable, op_backward: Callable, grad_names):
+    """Turn an (out, cache) op pair into the (forward, backward) that `check_gradients` takes.
+
+    ``op_forward(**inputs) -> (y, cache)``; ``op_backward(dy, cache)`` returns one gradient or a
+    tuple, matched in order to ``grad_names`` (None names and None gradients are skipped).
+    """
+    state = {}
+
+    def forward(**inputs):
+        y, state["cache"] = op_forward(**inputs)
+        return y
+
+    def backward(g):
+        grads = op_backward(g, state["cache"])
+        grads = grads if isinstance(grads, tuple) else (grads,)
+        return {n: v for n, v in zip(grad_names, grads) if n is not None and v is not None}
+    return forward, backward

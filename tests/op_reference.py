@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 from hypothesis import HealthCheck, settings
 
-from npvit.gradcheck import check_gradients, relative_error
+from npvit.gradcheck import check_gradients, relative_error, wrap_op
 
 FD_TOL = 1e-6
 TORCH_TOL = {np.dtype(np.float64): 1e-10, np.dtype(np.float32): 1e-5}
@@ -73,18 +73,7 @@ def gradcheck_pair(forward, backward, inputs: dict, grad_names) -> None:
     ``forward(**inputs) -> (y, cache)``; ``backward(dy, cache)`` returns one gradient or a
     tuple, matched in order to ``grad_names`` (None entries are skipped).
     """
-    state = {}
-
-    def fwd(**kw):
-        y, state["cache"] = forward(**kw)
-        return y
-
-    def bwd(g):
-        grads = backward(g, state["cache"])
-        grads = grads if isinstance(grads, tuple) else (grads,)
-        return {n: v for n, v in zip(grad_names, grads) if n is not None and v is not None}
-
-    errors = check_gradients(fwd, bwd, inputs)
+    errors = check_gradients(*wrap_op(forward, backward, grad_names), inputs)
     assert set(errors) == {n for n in grad_names if n is not None and n in inputs}, errors
     for name, err in errors.items():
         assert err <= FD_TOL, f"d/d{name}: relative error {err:.2e} vs finite differences"

@@ -8,7 +8,7 @@ from scipy.special import softmax
 
 import npvit
 from npvit import functional as F
-from npvit.gradcheck import check_gradients
+from npvit.gradcheck import check_gradients, wrap_op
 from npvit.gradcheck import relative_error as rel_err
 from op_reference import with_torch
 
@@ -123,21 +123,11 @@ def test_linformer_matches_torch(torch, shape, p, dtype, seed):
 
 
 # --- finite differences ----------------------------------------------------------------------------
-def functional_case(forward, backward, names):
-    state = {}
-
-    def fwd(**kw):
-        y, state["cache"] = forward(**kw)
-        return y
-
-    def bwd(g):
-        return {n: v for n, v in zip(names, backward(g, state["cache"])) if v is not None}
-    return fwd, bwd
 
 
 def test_multi_head_attention_gradients_with_attention_dropout(rng):
     # a fresh generator with the same seed on every call, so every call drops the same weights
-    fwd, bwd = functional_case(
+    fwd, bwd = wrap_op(
         lambda **kw: F.multi_head_attention_forward(**kw, num_heads=2, attn_drop=0.3, training=True,
                                                     rng=np.random.default_rng(7)),
         F.multi_head_attention_backward, ["x", "w_qkv", "b_qkv", "w_proj", "b_proj"])
@@ -149,7 +139,7 @@ def test_multi_head_attention_gradients_with_attention_dropout(rng):
 
 
 def test_linformer_gradients(rng):
-    fwd, bwd = functional_case(lambda **kw: F.linformer_attention_forward(**kw, num_heads=2),
+    fwd, bwd = wrap_op(lambda **kw: F.linformer_attention_forward(**kw, num_heads=2),
                                F.linformer_attention_backward,
                                ["x", "w_qkv", "b_qkv", "e", "f", "w_proj", "b_proj"])
     inputs = dict(x=rng.standard_normal((2, 6, 4)), w_qkv=rng.standard_normal((12, 4)),
@@ -161,7 +151,7 @@ def test_linformer_gradients(rng):
 
 
 def test_separable_attention_gradients(rng):
-    fwd, bwd = functional_case(F.separable_attention_forward, F.separable_attention_backward,
+    fwd, bwd = wrap_op(F.separable_attention_forward, F.separable_attention_backward,
                                ["x", "w_qkv", "b_qkv", "w_out", "b_out"])
     d = 3
     inputs = dict(x=rng.standard_normal((2, d, 2, 5)), w_qkv=rng.standard_normal((1 + 2 * d, d, 1, 1)),

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from .. import functional as F
-from ..gradcheck import check_gradients
+from ..gradcheck import check_gradients, wrap_op
 
 
 def _op_cases(rng):
@@ -13,45 +13,31 @@ def _op_cases(rng):
     def r(*shape):
         return rng.standard_normal(shape)
 
-    def pair(fwd, bwd, names):
-        # Wrap an (out, cache) pair so the checker can call forward and backward separately.
-        state = {}
-
-        def forward(**kw):
-            y, state["cache"] = fwd(**kw)
-            return y
-
-        def backward(g):
-            out = bwd(g, state["cache"])
-            out = out if isinstance(out, tuple) else (out,)
-            return {n: v for n, v in zip(names, out) if v is not None}
-        return forward, backward
-
-    conv = lambda groups, stride: pair(
+    conv = lambda groups, stride: wrap_op(
         lambda x, w, b: F.conv2d_forward(x, w, b, stride, 1, groups), F.conv2d_backward, "xwb")
     yield ("conv2d 3x3 dense, stride 2", *conv(1, 2), dict(x=r(2, 3, 7, 6), w=r(4, 3, 3, 3), b=r(4)))
     yield ("conv2d 3x3 grouped (2)", *conv(2, 1), dict(x=r(2, 4, 5, 5), w=r(6, 2, 3, 3), b=r(6)))
     yield ("conv2d 3x3 depthwise", *conv(4, 1), dict(x=r(2, 4, 6, 5), w=r(4, 1, 3, 3), b=r(4)))
-    yield ("linear", *pair(F.linear_forward, F.linear_backward, "xwb"),
+    yield ("linear", *wrap_op(F.linear_forward, F.linear_backward, "xwb"),
            dict(x=r(3, 5, 4), w=r(6, 4), b=r(6)))
-    yield ("batch norm (train)", *pair(
+    yield ("batch norm (train)", *wrap_op(
         lambda x, gamma, beta: F.batchnorm2d_forward(x, gamma, beta, np.zeros(3), np.ones(3), True),
         F.batchnorm2d_backward, ["x", "gamma", "beta"]), dict(x=r(4, 3, 3, 2), gamma=r(3), beta=r(3)))
-    yield ("layer norm", *pair(F.layernorm_forward, F.layernorm_backward, ["x", "gamma", "beta"]),
+    yield ("layer norm", *wrap_op(F.layernorm_forward, F.layernorm_backward, ["x", "gamma", "beta"]),
            dict(x=r(3, 4, 8), gamma=r(8), beta=r(8)))
-    yield ("group norm (1 group)", *pair(lambda x, gamma, beta: F.groupnorm_forward(x, 1, gamma, beta),
+    yield ("group norm (1 group)", *wrap_op(lambda x, gamma, beta: F.groupnorm_forward(x, 1, gamma, beta),
                                          F.groupnorm_backward, ["x", "gamma", "beta"]),
            dict(x=r(2, 4, 4, 3), gamma=r(4), beta=r(4)))
-    yield ("silu", *pair(F.silu_forward, F.silu_backward, "x"), dict(x=r(3, 7)))
-    yield ("gelu", *pair(F.gelu_forward, F.gelu_backward, "x"), dict(x=r(3, 7)))
-    yield ("softmax", *pair(F.softmax_forward, F.softmax_backward, "x"), dict(x=r(3, 7)))
-    yield ("bilinear resize, align_corners=False", *pair(
+    yield ("silu", *wrap_op(F.silu_forward, F.silu_backward, "x"), dict(x=r(3, 7)))
+    yield ("gelu", *wrap_op(F.gelu_forward, F.gelu_backward, "x"), dict(x=r(3, 7)))
+    yield ("softmax", *wrap_op(F.softmax_forward, F.softmax_backward, "x"), dict(x=r(3, 7)))
+    yield ("bilinear resize, align_corners=False", *wrap_op(
         lambda x: F.resize_bilinear_forward(x, (7, 5), False), F.resize_bilinear_backward, "x"),
         dict(x=r(1, 2, 4, 6)))
-    yield ("bilinear resize, align_corners=True", *pair(
+    yield ("bilinear resize, align_corners=True", *wrap_op(
         lambda x: F.resize_bilinear_forward(x, (7, 5), True), F.resize_bilinear_backward, "x"),
         dict(x=r(1, 2, 4, 6)))
-    yield ("unfold v2 (patches)", *pair(F.unfold_v2_forward, F.unfold_v2_backward, "x"),
+    yield ("unfold v2 (patches)", *wrap_op(F.unfold_v2_forward, F.unfold_v2_backward, "x"),
            dict(x=r(2, 3, 4, 6)))
 
 
