@@ -134,3 +134,26 @@ def test_col2im_is_the_adjoint_of_im2col(rng):
         lhs = np.sum(cols * c)
         rhs = np.sum(x * F.col2im(c, x.shape, k, k, stride, pad))
         assert abs(lhs - rhs) <= 1e-12 * max(abs(lhs), 1.0)
+
+
+@pytest.mark.parametrize("stride", [1, 2])
+def test_depthwise_result_does_not_depend_on_the_cache_block_size(monkeypatch, stride):
+    # The depthwise tap loops run over blocks of (sample, channel) planes; every element sees
+    # the same operations in the same order, so any block size gives bit-identical results.
+    from npvit.functional import conv as conv_module
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((3, 5, 9, 7)).astype(np.float32)
+    w = rng.standard_normal((5, 1, 3, 3)).astype(np.float32)
+    b = rng.standard_normal(5).astype(np.float32)
+    dy_shape = conv_module.conv2d_forward(x, w, b, stride, 1, 5)[0].shape
+    dy = rng.standard_normal(dy_shape).astype(np.float32)
+
+    def run():
+        y, cache = conv_module.conv2d_forward(x, w, b, stride, 1, 5)
+        return (y, *conv_module.conv2d_backward(dy, cache))
+
+    whole = run()
+    monkeypatch.setattr(conv_module, "_BLOCK_BYTES", 1)      # one plane per block: 15 blocks
+    assert len(conv_module._plane_blocks(15, 100)) == 15
+    for got, ref in zip(run(), whole):
+        np.testing.assert_array_equal(got, ref)

