@@ -28,7 +28,7 @@ import numpy as np
 import npvit
 from npvit import functional as F
 from npvit.bench import attention as bench
-from npvit.gradcheck import relative_error
+from npvit.gradcheck import relative_error, wrap_op
 from npvit.opcount import count_ops
 from tutorial_setup import (FAST, figure_path, optional_torch, plt, save_figure,
                             skip_without_torch)
@@ -90,20 +90,11 @@ print("npvit MHA == by hand; attention weights", mha_cache["attention"].shape, "
 # Finite differences on every input and parameter:
 
 # %%
-caches = []
-
-
-def mha_forward(x, w_qkv, b_qkv, w_proj, b_proj):
-    y, cache = F.multi_head_attention_forward(x, w_qkv, b_qkv, w_proj, b_proj, num_heads=h)
-    caches.append(cache)
-    return y
-
-
-def mha_backward(g):
-    grads = F.multi_head_attention_backward(g, caches[-1])
-    return dict(zip(["x", "w_qkv", "b_qkv", "w_proj", "b_proj"], grads))
-
-
+# wrap_op turns the (y, cache) pair into the forward/backward functions the checker calls.
+mha_forward, mha_backward = wrap_op(
+    lambda x, w_qkv, b_qkv, w_proj, b_proj: F.multi_head_attention_forward(
+        x, w_qkv, b_qkv, w_proj, b_proj, num_heads=h),
+    F.multi_head_attention_backward, ["x", "w_qkv", "b_qkv", "w_proj", "b_proj"])
 errors = npvit.check_gradients(mha_forward, mha_backward, {"x": x, **mha_params},
                                max_coords=24 if FAST else None)
 print("MHA backward vs finite differences:", ", ".join(f"{n} {e:.1e}" for n, e in errors.items()))
@@ -163,20 +154,8 @@ print("npvit separable attention == by hand; context scores", sep_cache["context
 # Every array is (B, d or 1, P, N) or smaller — O(k d) both ways.
 
 # %%
-caches = []
-
-
-def sep_forward(x, w_qkv, b_qkv, w_out, b_out):
-    y, cache = F.separable_attention_forward(x, w_qkv, b_qkv, w_out, b_out)
-    caches.append(cache)
-    return y
-
-
-def sep_backward(g):
-    grads = F.separable_attention_backward(g, caches[-1])
-    return dict(zip(["x", "w_qkv", "b_qkv", "w_out", "b_out"], grads))
-
-
+sep_forward, sep_backward = wrap_op(F.separable_attention_forward, F.separable_attention_backward,
+                                    ["x", "w_qkv", "b_qkv", "w_out", "b_out"])
 errors = npvit.check_gradients(sep_forward, sep_backward, {"x": xs, **sep_params},
                                max_coords=24 if FAST else None)
 print("separable backward vs finite differences:", ", ".join(f"{n} {e:.1e}" for n, e in errors.items()))
