@@ -26,3 +26,20 @@ def torch():
 @pytest.fixture
 def rng():
     return np.random.default_rng(0)
+
+
+@pytest.fixture
+def no_proxy(monkeypatch):
+    """Talk to 127.0.0.1 directly, whatever proxy the environment names."""
+    for var in ("http_proxy", "https_proxy", "all_proxy", "HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY"):
+        monkeypatch.delenv(var, raising=False)
+
+
+@pytest.fixture
+def server(no_proxy):
+    """A running `local_http.LocalServer`: put bytes in ``server.files[path]``, fetch
+    ``server.url + path``; ``server.requests`` lists every GET."""
+    from local_http import LocalServer
+    s = LocalServer()
+    yield s
+    s.close()

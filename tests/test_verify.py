@@ -7,11 +7,9 @@ with PIL bilinear, centre crop 256, /255, RGB -> BGR). npvit must reproduce them
 a subprocess where torch cannot be imported, and must report a FAIL when one published value is
 moved by 1e-2. The real official anchors (npvit/data/anchors.json) need the real weights:
 tests/test_official.py."""
-import http.server
 import json
 import shutil
 import socket
-import threading
 
 import numpy as np
 import pytest
@@ -129,61 +127,22 @@ def test_weights_folder_with_two_models(made, tmp_path, capsys):
     assert "mobilevit_xxs " not in capsys.readouterr().out
 
 
-class _ImageServer:
-    """Serves one file at /img/made.png on 127.0.0.1 and records every request."""
-
-    def __init__(self, body: bytes):
-        self.requests = []
-        owner = self
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            def do_GET(self):
-                owner.requests.append(self.path)
-                if self.path != "/img/made.png":
-                    self.send_error(404)
-                    return
-                self.send_response(200)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, *args):
-                pass
-
-        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/img/made.png"
-        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
-
-    def close(self):
-        self.httpd.shutdown()
-        self.httpd.server_close()
-
-
-@pytest.fixture
-def no_proxy(monkeypatch):
-    for var in ("http_proxy", "https_proxy", "all_proxy", "HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY"):
-        monkeypatch.delenv(var, raising=False)     # talk to 127.0.0.1 directly
-
-
-def test_cached_weights_and_image_downloaded_once(made, tmp_path, monkeypatch, capsys, no_proxy):
+def test_cached_weights_and_image_downloaded_once(made, tmp_path, monkeypatch, capsys, server):
     home = tmp_path / "home"
     home.mkdir()
     shutil.copy(made["ckpt"], home)                 # as `npvit download` leaves it
     monkeypatch.setenv("NPVIT_HOME", str(home))
-    server = _ImageServer(made["image"].read_bytes())
-    try:
-        entry = dict(made["entries"]["mobilevit_xxs"], image_url=server.url)
-        anchors = write_anchors(tmp_path / "a.json", entry)
-        assert npvit_main(["verify", "--anchors", str(anchors)]) == 0
-        first = capsys.readouterr()
-        assert table_row(first.out, "mobilevit_xxs").endswith("PASS")
-        assert "made.png" in first.err and "100%" in first.err      # the progress bar
-        assert (home / "images" / "made.png").read_bytes() == made["image"].read_bytes()
-        assert (home / "mobilevit_xxs.npz").is_file()                # converted once
-        assert npvit_main(["verify", "--anchors", str(anchors)]) == 0
-        assert server.requests == ["/img/made.png"]                  # not fetched again
-    finally:
-        server.close()
+    server.files["/img/made.png"] = made["image"].read_bytes()
+    entry = dict(made["entries"]["mobilevit_xxs"], image_url=server.url + "/img/made.png")
+    anchors = write_anchors(tmp_path / "a.json", entry)
+    assert npvit_main(["verify", "--anchors", str(anchors)]) == 0
+    first = capsys.readouterr()
+    assert table_row(first.out, "mobilevit_xxs").endswith("PASS")
+    assert "made.png" in first.err and "100%" in first.err      # the progress bar
+    assert (home / "images" / "made.png").read_bytes() == made["image"].read_bytes()
+    assert (home / "mobilevit_xxs.npz").is_file()                # converted once
+    assert npvit_main(["verify", "--anchors", str(anchors)]) == 0
+    assert server.requests == ["/img/made.png"]                  # not fetched again
 
 
 def test_offline_says_what_to_fetch_in_one_line(made, tmp_path, monkeypatch, capsys, no_proxy):

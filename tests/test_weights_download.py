@@ -2,9 +2,7 @@
 ml-cvnets-layout checkpoint the test wrote (these machines have no internet)."""
 import dataclasses
 import hashlib
-import http.server
 import socket
-import threading
 
 import numpy as np
 import pytest
@@ -16,52 +14,6 @@ from npvit.weights import OFFICIAL, load_pretrained, pretrained_path
 from official_layouts import cvnets_state_dict
 
 NAME = "mobilevit_xxs"
-
-
-class _Server:
-    """Serves ``files`` (path -> bytes); paths in ``cut_short`` announce the full length but the
-    connection closes after half the body. ``requests`` records every GET path."""
-
-    def __init__(self):
-        self.files, self.cut_short, self.requests = {}, set(), []
-        server = self
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            def do_GET(self):
-                server.requests.append(self.path)
-                body = server.files.get(self.path)
-                if body is None:
-                    self.send_error(404)
-                    return
-                self.send_response(200)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                if self.path in server.cut_short:
-                    self.wfile.write(body[: len(body) // 2])
-                    self.close_connection = True
-                else:
-                    self.wfile.write(body)
-
-            def log_message(self, *args):
-                pass
-
-        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
-        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
-        self.thread.start()
-
-    def close(self):
-        self.httpd.shutdown()
-        self.httpd.server_close()
-
-
-@pytest.fixture
-def server(monkeypatch):
-    for var in ("http_proxy", "https_proxy", "all_proxy", "HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY"):
-        monkeypatch.delenv(var, raising=False)     # talk to 127.0.0.1 directly
-    s = _Server()
-    yield s
-    s.close()
 
 
 @pytest.fixture
