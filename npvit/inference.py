@@ -22,7 +22,6 @@ without network) on a first run would surprise more than it helps.
 """
 from __future__ import annotations
 
-from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
@@ -32,7 +31,7 @@ from .errors import NpvitError
 from .functional import softmax_forward
 from .models import MobileViTNet, create_model, list_models
 from .nn import no_grad
-from .weights import cache_dir, convert_checkpoint, official, pretrained_path
+from .weights import cache_dir, convert_checkpoint, local_weights, official, pretrained_path
 from .weights.keymap import LAYOUT_NAMES
 
 # The smallest MobileViTv2 (1.37 M parameters, 70.18% top-1): quick on a laptop CPU, and its
@@ -64,16 +63,6 @@ def pipeline_for(model_name: str, preprocess: str | None = "cvnets") -> str:
     return preprocess
 
 
-def cached_weights(name: str) -> Path | None:
-    """The official weights of ``name`` in the cache (the converted .npz, else the downloaded
-    official file), or None when neither is there. Never touches the network."""
-    folder = cache_dir()
-    for path in (folder / f"{name}.npz", folder / official(name).file_name):
-        if path.is_file():
-            return path
-    return None
-
-
 def missing_weights_message(name: str) -> str:
     """One line: no official weights for ``name`` here, and the ways to get some."""
     return (f"no official weights for {name} in {cache_dir()}: run `npvit download {name}` "
@@ -95,7 +84,7 @@ def load_model(name: str | None = None, weights=None, fallback_random: bool = Fa
         source = f"weights {weights} ({LAYOUT_NAMES[converted.layout]} layout)"
     else:
         name = name or DEFAULT_MODEL
-        path = cached_weights(name)
+        path = local_weights(name)
         if path is None and download:
             path = pretrained_path(name)   # downloads and converts; offline: one-line NpvitError
         if path is not None:

@@ -13,16 +13,14 @@ import argparse
 from ..data import default_pipeline
 from ..inference import DEFAULT_MODEL
 from ..models import list_models
-from ..weights import cache_dir, official
+from ..weights import cache_dir, local_weights, official
 
 
 def cache_status(name: str) -> str:
-    folder = cache_dir()
-    if (folder / f"{name}.npz").is_file():
-        return "converted"
-    if (folder / official(name).file_name).is_file():
-        return "downloaded"
-    return "-"
+    path = local_weights(name)
+    if path is None:
+        return "-"
+    return "converted" if path.suffix == ".npz" else "downloaded"
 
 
 def run(args) -> int:

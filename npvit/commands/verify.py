@@ -24,8 +24,8 @@ from ..data import load_image, preprocess
 from ..data.anchors import Anchor, load_anchors
 from ..errors import NpvitError
 from ..functional import softmax_forward
-from ..inference import cached_weights, load_model, predict_logits, top_k
-from ..weights import cache_dir, fetch, official, pretrained_path
+from ..inference import load_model, predict_logits, top_k
+from ..weights import cache_dir, fetch, local_weights, official, pretrained_path
 
 TOP_K = 5
 
@@ -102,11 +102,9 @@ def _files_in_folder(folder: Path, models) -> dict[str, Path]:
     """Each model's weights in ``folder``: <model>.npz, else the official file name."""
     found, missing = {}, []
     for model in sorted(models):
-        entry = official(model)
-        candidates = [folder / f"{model}.npz", folder / entry.file_name]
-        path = next((p for p in candidates if p.is_file()), None)
+        path = local_weights(model, folder)
         if path is None:
-            missing.append(entry)
+            missing.append(official(model))
         else:
             found[model] = path
     if missing:
@@ -129,7 +127,7 @@ def _download_missing(anchors: list[Anchor], have_image: bool, weights_needed: b
                 missing.append((anchor.image_url, _cached_image(anchor)))
     if weights_needed:
         for model in dict.fromkeys(a.model for a in anchors):
-            if cached_weights(model) is None:
+            if local_weights(model) is None:
                 missing.append((official(model).url, cache_dir() / official(model).file_name))
     for i, (url, dest) in enumerate(missing):
         try:

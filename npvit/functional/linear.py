@@ -1,8 +1,6 @@
 """Fully connected layer: y = x W^T + b, over the last axis of x (any leading axes)."""
 from __future__ import annotations
 
-import numpy as np
-
 
 def linear_forward(x, w, b=None):
     """x: (..., in); w: (out, in); b: (out,) or None -> y: (..., out)."""

@@ -4,11 +4,13 @@
     convert_checkpoint(path, model)  + ml-cvnets / Hugging Face names -> npvit (timm) names,
                                      model detected from keys and shapes, strict shape check
     OFFICIAL / official(name)        the ten official checkpoints (manifest.json)
+    local_weights(name[, folder])    the .npz or official file already in the cache (or folder)
     pretrained_path(name)            download once into the cache, convert once to .npz
     load_pretrained(name, True|path) the state dict behind create_model(name, pretrained=...)
 """
 from .convert import Converted, convert_checkpoint, save_npz
-from .download import cache_dir, download, fetch, load_pretrained, pretrained_path
+from .download import (cache_dir, download, fetch, load_pretrained, local_weights,
+                       pretrained_path)
 from .keymap import detect_layout, to_npvit_names
 from .reader import read_checkpoint
 from .registry import OFFICIAL, Checkpoint, check_state, detect_model, num_parameters, official

@@ -35,6 +35,17 @@ def cache_dir(directory=None) -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "npvit"
 
 
+def local_weights(name: str, directory=None) -> Path | None:
+    """Model ``name``'s weights already in ``directory`` (default: the cache): the converted
+    ``<name>.npz``, else the official checkpoint under its official file name; None when
+    neither is there. Never touches the network."""
+    folder = cache_dir(directory)
+    for path in (folder / f"{name}.npz", folder / official(name).file_name):
+        if path.is_file():
+            return path
+    return None
+
+
 def fetch(url: str, dest, sha256: str | None = None, size: int | None = None,
           progress: bool = True) -> Path:
     """Download ``url`` to ``dest`` with a progress bar (stderr), verifying the byte count the
