@@ -17,3 +17,15 @@ def test_gradcheck_fails_when_tolerance_is_impossible():
                          capture_output=True, text=True)
     assert out.returncode == 1
     assert "FAIL" in out.stdout
+
+
+def test_a_closed_pipe_ends_the_command_quietly():
+    # `npvit models | head -1` when head has already gone: the reader closes the pipe before the
+    # command writes (unbuffered, so every print writes at once); one line, no traceback.
+    import os
+    proc = subprocess.Popen([sys.executable, "-m", "npvit", "models"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    proc.stdout.close()
+    err = proc.stderr.read().decode()
+    assert proc.wait() == 1
+    assert "Traceback" not in err and "BrokenPipe" not in err, err
