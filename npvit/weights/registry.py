@@ -50,10 +50,6 @@ def _optional(key: str) -> bool:
     return key.endswith("num_batches_tracked")
 
 
-# The most classes a classifier head may have (ImageNet-21k has 21 841); more is no real task.
-MAX_CLASSES = 100_000
-
-
 def _fits(key: str, shape: tuple, expected: tuple) -> bool:
     # The classifier may have any number of classes (a fine-tuned checkpoint); only its input
     # width is fixed by the variant. Every other tensor must match exactly.
@@ -72,6 +68,7 @@ def _shape(value) -> tuple:
 def mismatches(state: dict, name: str) -> tuple[list, list, list]:
     """(missing, unexpected, mis-shaped) keys of ``state`` (arrays, or tensors not yet read)
     against model ``name``."""
+    from ..models import MAX_CLASSES
     expected = expected_shapes(name)
     missing = [k for k in expected if k not in state and not _optional(k)]
     unexpected = [k for k in state if k not in expected]
@@ -81,7 +78,7 @@ def mismatches(state: dict, name: str) -> tuple[list, list, list]:
         rows, bias = _shape(state["head.fc.weight"])[0], _shape(state["head.fc.bias"])
         if bias[0] != rows:
             wrong.append(f"head.fc.bias {_fmt(bias)} (head.fc.weight has {rows} rows)")
-        elif rows < 1 or rows > MAX_CLASSES:
+        elif not 1 <= rows <= MAX_CLASSES:
             wrong.append(f"head.fc.weight {_fmt(_shape(state['head.fc.weight']))} "
                          f"(1 to {MAX_CLASSES:,} classes)")
     return missing, unexpected, wrong
