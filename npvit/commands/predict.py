@@ -23,12 +23,12 @@ import json
 import sys
 
 from ..data import DEFAULT_CROP_SIZE, example_image_path, load_image, preprocess
-from ..errors import NpvitError
+from ..errors import NpvitError, error_line
 from ..inference import (DEFAULT_MODEL, PREPROCESS_CHOICES, RANDOM_WEIGHTS, check_size, classify,
                          load_model, pipeline_for, top_k)
 from ..models import list_models
 from ..weights import cache_dir
-from .options import add_model_and_weights
+from .options import add_model_and_weights, check_seed
 
 
 class _LazyModel:
@@ -63,6 +63,7 @@ def run(args) -> int:
         raise NpvitError(f"unknown model {args.model!r}; choose one of {', '.join(list_models())}")
     if args.weights is None and args.model is None:
         args.model = DEFAULT_MODEL
+    check_seed(args.seed)
     if args.topk < 1:
         raise NpvitError(f"--topk must be at least 1, got {args.topk}")
     if args.model is not None:
@@ -78,7 +79,7 @@ def run(args) -> int:
         try:
             image = load_image(image_path)
         except NpvitError as e:   # one line naming the file; carry on with the next one
-            print(f"npvit: error: {e}", file=sys.stderr)
+            print(error_line(e), file=sys.stderr)
             failures += 1
             continue
         model = lazy.get()
@@ -86,7 +87,7 @@ def run(args) -> int:
         try:
             x = preprocess(image, pipeline, crop_size=args.size)[None]    # (1, 3, S, S)
         except NpvitError as e:   # e.g. a panorama too elongated to resize
-            print(f"npvit: error: {image_path}: {e}", file=sys.stderr)
+            print(error_line(f"{image_path}: {e}"), file=sys.stderr)
             failures += 1
             continue
         rows = top_k(classify(model, x)[0], args.topk)
