@@ -42,8 +42,8 @@ from tqdm import tqdm
 from ..data import (DEFAULT_CROP_SIZE, MIN_SIDE, image_files, imagenet_classes, load_image,
                     preprocess, wnid_to_index)
 from ..errors import NpvitError
-from ..inference import (DEFAULT_MODEL, PREPROCESS_CHOICES, class_names, classify, load_model,
-                         model_file_settings, pipeline_for)
+from ..inference import (DEFAULT_MODEL, PREPROCESS_CHOICES, check_size, class_names, classify,
+                         load_model, model_file_settings, pipeline_for)
 from .options import add_model_and_weights
 
 _WNID_PREFIX = re.compile(r"^(n\d{8})(?!\d)")   # "n01440764_10026.JPEG" -> "n01440764"
@@ -146,7 +146,10 @@ def run(args) -> int:
         raise NpvitError(f"--size must be at least {MIN_SIDE}, got {args.size}")
     if args.weights is None and args.model is None:
         args.model = DEFAULT_MODEL
+    if args.model is not None:
+        check_size(args.model, args.size)
     model, source = load_model(args.model, args.weights, download=args.download)
+    check_size(model.name, args.size)
     names, note = class_names(model)
     if note:
         names = folder_classes(args.directory, len(names))

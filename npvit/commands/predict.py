@@ -25,10 +25,11 @@ import argparse
 import json
 import sys
 
-from ..data import DEFAULT_CROP_SIZE, MIN_SIDE, example_image_path, load_image, preprocess
+from ..data import DEFAULT_CROP_SIZE, example_image_path, load_image, preprocess
 from ..errors import NpvitError
-from ..inference import (DEFAULT_MODEL, PREPROCESS_CHOICES, RANDOM_WEIGHTS, class_names, classify,
-                         load_model, model_file_settings, pipeline_for, top_k)
+from ..inference import (DEFAULT_MODEL, PREPROCESS_CHOICES, RANDOM_WEIGHTS, check_size,
+                         class_names, classify, load_model, model_file_settings, pipeline_for,
+                         top_k)
 from ..models import list_models
 from ..weights import cache_dir
 from .options import add_model_and_weights
@@ -46,6 +47,7 @@ class _LazyModel:
             args = self.args
             self.model, self.source = load_model(args.model, args.weights, fallback_random=True,
                                                  download=args.download, seed=args.seed)
+            check_size(self.model.name, args.size)   # the variant may come from --weights
             self.class_names, note = class_names(self.model)
             if note:
                 print(f"npvit predict: {note}", file=sys.stderr)
@@ -73,8 +75,8 @@ def run(args) -> int:
                                                                 args.size)
     if args.topk < 1:
         raise NpvitError(f"--topk must be at least 1, got {args.topk}")
-    if args.size < MIN_SIDE:
-        raise NpvitError(f"--size must be at least {MIN_SIDE}, got {args.size}")
+    if args.model is not None:
+        check_size(args.model, args.size)   # before any image is read
     images = args.images
     if not images:
         images = [str(example_image_path())]

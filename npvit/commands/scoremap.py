@@ -28,7 +28,7 @@ from ..data import (DEFAULT_CROP_SIZE, PIPELINES, default_pipeline, get_pipeline
                     imagenet_classes, load_image, preprocess, preprocessed_box)
 from ..data.synthetic import read_boxes
 from ..errors import NpvitError
-from ..inference import (DEFAULT_MODEL, RANDOM_WEIGHTS, class_names, load_model,
+from ..inference import (DEFAULT_MODEL, RANDOM_WEIGHTS, check_size, class_names, load_model,
                          missing_weights_message, model_file_settings)
 
 
@@ -41,7 +41,10 @@ def run(args) -> int:
         args.model = DEFAULT_MODEL
     box = _image_box(args)      # before any work: a bad box or boxes file is one line
     # Weights as `npvit predict` finds them (--weights, else the cache), else random ones.
+    if args.model is not None:
+        check_size(args.model, args.size, capture=True)
     model, source = load_model(args.model, args.weights, fallback_random=True, seed=args.seed)
+    check_size(model.name, args.size, capture=True)   # the variant may come from --weights
     if model.version == 2 and args.query is not None:
         raise NpvitError(f"--query picks the query patch of MobileViT v1's attention maps; "
                          f"{model.name} is MobileViTv2, whose separable attention has no "
