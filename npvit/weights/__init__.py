@@ -16,4 +16,5 @@ from .download import (cache_dir, download, fetch, load_pretrained, local_weight
 from .keymap import detect_layout, to_npvit_names
 from .reader import read_checkpoint
 from .registry import OFFICIAL, Checkpoint, check_state, detect_model, num_parameters, official
-from .meta import META_KEY, check_meta, model_meta, read_model_meta, write_model_npz
+from .meta import (META_KEY, ModelFile, check_meta, load_model_file, model_meta, read_model_meta,
+                   write_model_npz)
