@@ -33,7 +33,8 @@ from tqdm import tqdm
 from ..data import (DEFAULT_CROP_SIZE, MIN_SIDE, image_files, load_image, preprocess,
                     wnid_to_index)
 from ..errors import NpvitError
-from ..inference import DEFAULT_MODEL, PREPROCESS_CHOICES, classify, load_model, pipeline_for
+from ..inference import (DEFAULT_MODEL, PREPROCESS_CHOICES, check_size, classify, load_model,
+                         pipeline_for)
 from .options import add_model_and_weights
 
 _WNID_PREFIX = re.compile(r"^(n\d{8})(?!\d)")   # "n01440764_10026.JPEG" -> "n01440764"
@@ -103,7 +104,10 @@ def run(args) -> int:
     samples = spread(samples, args.limit)
     if args.weights is None and args.model is None:
         args.model = DEFAULT_MODEL
+    if args.model is not None:
+        check_size(args.model, args.size)
     model, source = load_model(args.model, args.weights, download=args.download)
+    check_size(model.name, args.size)
     pipeline = pipeline_for(model.name, args.preprocess)
 
     tally, skipped, batch, labels = Tally(), 0, [], []

@@ -22,9 +22,9 @@ import argparse
 import json
 import sys
 
-from ..data import DEFAULT_CROP_SIZE, MIN_SIDE, example_image_path, load_image, preprocess
+from ..data import DEFAULT_CROP_SIZE, example_image_path, load_image, preprocess
 from ..errors import NpvitError
-from ..inference import (DEFAULT_MODEL, PREPROCESS_CHOICES, RANDOM_WEIGHTS, classify,
+from ..inference import (DEFAULT_MODEL, PREPROCESS_CHOICES, RANDOM_WEIGHTS, check_size, classify,
                          load_model, pipeline_for, top_k)
 from ..models import list_models
 from ..weights import cache_dir
@@ -43,6 +43,7 @@ class _LazyModel:
             args = self.args
             self.model, self.source = load_model(args.model, args.weights, fallback_random=True,
                                                  download=args.download, seed=args.seed)
+            check_size(self.model.name, args.size)   # the variant may come from --weights
             if self.source == RANDOM_WEIGHTS:
                 name = self.model.name
                 print(f"npvit predict: no official weights for {name} in {cache_dir()}, so "
@@ -64,8 +65,8 @@ def run(args) -> int:
         args.model = DEFAULT_MODEL
     if args.topk < 1:
         raise NpvitError(f"--topk must be at least 1, got {args.topk}")
-    if args.size < MIN_SIDE:
-        raise NpvitError(f"--size must be at least {MIN_SIDE}, got {args.size}")
+    if args.model is not None:
+        check_size(args.model, args.size)   # before any image is read
     images = args.images
     if not images:
         images = [str(example_image_path())]

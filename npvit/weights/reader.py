@@ -15,7 +15,8 @@ Three formats, recognised by their content (not their file name):
 - **safetensors**: parsed and validated by the ``safetensors`` package (``deserialize``); we
   only turn its raw bytes into arrays, because its ``safetensors.numpy`` helpers cannot
   represent bfloat16 (NumPy has no such dtype).
-- **.npz** as written by ``npvit convert`` (``np.load`` with pickles disabled).
+- **.npz** as written by ``npvit convert`` or ``npvit finetune`` (``np.load`` with pickles
+  disabled; the ``npvit_meta`` entry of a fine-tuned model is left to ``read_model_meta``).
 
 Half-precision tensors (float16, bfloat16) are widened to float32, exactly. Wrappers such as
 ``{"model": {...}}`` / ``{"state_dict": {...}}`` and the ``module.`` prefix of
@@ -242,9 +243,10 @@ def _read_safetensors(path: Path) -> dict[str, np.ndarray]:
 
 
 def _read_npz(path: Path) -> dict[str, np.ndarray]:
+    # npvit_meta (weights/meta.py) describes the model; it is not a weight
     try:
         with np.load(path, allow_pickle=False) as npz:
-            return {name: npz[name] for name in npz.files}
+            return {name: npz[name] for name in npz.files if name != "npvit_meta"}
     except (ValueError, OSError, zipfile.BadZipFile) as e:
         raise NpvitError(f"{path}: cannot read this .npz ({e})") from None
 
