@@ -30,8 +30,7 @@ from npvit import functional as F
 from npvit.bench import attention as bench
 from npvit.gradcheck import relative_error, wrap_op
 from npvit.opcount import count_ops
-from tutorial_setup import (FAST, figure_path, optional_torch, plt, save_figure,
-                            skip_without_torch)
+from tutorial_setup import FAST, optional_torch, plt, show, skip_without_torch
 
 rng = np.random.default_rng(0)
 FIG1_FULL = os.environ.get("NPVIT_FIG1_FULL", "") not in ("", "0")
@@ -174,7 +173,7 @@ ax0.set(title=f"MHA: attention weights A, head 0 ({k} x {k})", xlabel="key token
 ax1.bar(range(k), sep_cache["context_scores"][0, 0, 0], color="tab:orange")
 ax1.set(title=f"separable: context scores c_s (1 x {k})", xlabel="token n", ylabel="score",
         ylim=(0, None))
-save_figure(fig, "04_attention_vs_context_scores.png")
+show(fig, "04_attention_vs_context_scores")
 assert np.allclose(mha_cache["attention"].sum(-1), 1) and np.allclose(sep_cache["context_scores"].sum(-1), 1)
 
 # %% [markdown]
@@ -236,9 +235,7 @@ result = bench.run_benchmark(**fig1)
 large_k = fig1["ks"][len(fig1["ks"]) // 2]
 for line in bench.slope_lines(result, large_k):
     print(line)
-path = figure_path("04_fig1_latency.png")
-bench.plot(result, path, large_k)
-print(f"figure written to {path}")
+show(bench.figure(result, large_k), "04_fig1_latency")
 
 # the counted operations (right panel) scale as the formulas say, whatever the timer measured
 sep = [result.get("separable", kk).counter for kk in fig1["ks"]]

@@ -24,7 +24,7 @@ import npvit
 from npvit import functional as F
 from npvit.gradcheck import numeric_gradient, relative_error
 from npvit.nn.blocks import MobileViTBlock, MobileViTBlockV2
-from tutorial_setup import FAST, optional_torch, plt, save_figure, skip_without_torch
+from tutorial_setup import FAST, optional_torch, plt, show, skip_without_torch
 
 npvit.nn.manual_seed(0)
 rng = np.random.default_rng(0)
@@ -63,24 +63,24 @@ v1 = randomise_norms(MobileViTBlock(C, D, DEPTH, num_heads=4, dtype=np.float64))
 x = rng.standard_normal((2, C, SIDE, SIDE))
 
 
-def show(step, a):
+def print_shape(step, a):
     print(f"  {step:44s} {str(a.shape):>18s}")
     return a
 
 
 with npvit.nn.no_grad():
     print("MobileViT v1 block")
-    y = show("input x", x)
-    y = show("conv_kxk: 3x3 conv, BN, SiLU", v1.conv_kxk(y))
-    y = show("conv_1x1: 1x1 conv C -> d", v1.conv_1x1(y))
-    t = show("unfold: (B*P, N, d)", F.unfold_v1(y))
+    y = print_shape("input x", x)
+    y = print_shape("conv_kxk: 3x3 conv, BN, SiLU", v1.conv_kxk(y))
+    y = print_shape("conv_1x1: 1x1 conv C -> d", v1.conv_1x1(y))
+    t = print_shape("unfold: (B*P, N, d)", F.unfold_v1(y))
     for i, layer in enumerate(v1.transformer):
-        t = show(f"transformer.{i}: LN, MHA, +, LN, FFN, +", layer(t))
-    t = show("norm: LayerNorm", v1.norm(t))
-    y = show("fold: (B, d, H, W)", F.fold_v1(t, (SIDE, SIDE)))
-    y = show("conv_proj: 1x1 conv d -> C, BN, SiLU", v1.conv_proj(y))
-    y = show("concat with the input: 2C channels", np.concatenate([x, y], axis=1))
-    y = show("conv_fusion: 3x3 conv 2C -> C, BN, SiLU", v1.conv_fusion(y))
+        t = print_shape(f"transformer.{i}: LN, MHA, +, LN, FFN, +", layer(t))
+    t = print_shape("norm: LayerNorm", v1.norm(t))
+    y = print_shape("fold: (B, d, H, W)", F.fold_v1(t, (SIDE, SIDE)))
+    y = print_shape("conv_proj: 1x1 conv d -> C, BN, SiLU", v1.conv_proj(y))
+    y = print_shape("concat with the input: 2C channels", np.concatenate([x, y], axis=1))
+    y = print_shape("conv_fusion: 3x3 conv 2C -> C, BN, SiLU", v1.conv_fusion(y))
     assert np.allclose(y, v1(x))
 print("step by step == MobileViTBlock.forward")
 
@@ -101,15 +101,15 @@ v2 = randomise_norms(MobileViTBlockV2(C, D, DEPTH, dtype=np.float64)).eval()
 
 with npvit.nn.no_grad():
     print("MobileViTv2 block")
-    y = show("input x", x)
-    y = show("conv_kxk: depthwise 3x3, BN, SiLU", v2.conv_kxk(y))
-    y = show("conv_1x1: 1x1 conv C -> d", v2.conv_1x1(y))
-    t = show("unfold: (B, d, P, N)", F.unfold_v2(y))
+    y = print_shape("input x", x)
+    y = print_shape("conv_kxk: depthwise 3x3, BN, SiLU", v2.conv_kxk(y))
+    y = print_shape("conv_1x1: 1x1 conv C -> d", v2.conv_1x1(y))
+    t = print_shape("unfold: (B, d, P, N)", F.unfold_v2(y))
     for i, layer in enumerate(v2.transformer):
-        t = show(f"transformer.{i}: GN, SepAttn, +, GN, FFN, +", layer(t))
-    t = show("norm: GroupNorm(1)", v2.norm(t))
-    y = show("fold: (B, d, H, W)", F.fold_v2(t, (SIDE, SIDE)))
-    y = show("conv_proj: 1x1 conv d -> C, BN", v2.conv_proj(y))
+        t = print_shape(f"transformer.{i}: GN, SepAttn, +, GN, FFN, +", layer(t))
+    t = print_shape("norm: GroupNorm(1)", v2.norm(t))
+    y = print_shape("fold: (B, d, H, W)", F.fold_v2(t, (SIDE, SIDE)))
+    y = print_shape("conv_proj: 1x1 conv d -> C, BN", v2.conv_proj(y))
     assert np.allclose(y, v2(x))
 print("step by step == MobileViTBlockV2.forward")
 print(f"parameters: v1 block {v1.num_parameters():,}, v2 block {v2.num_parameters():,}")
@@ -207,7 +207,7 @@ for ax, (name, m) in zip(axes, maps.items()):
     covered = np.mean(m > 0)
     ax.set(title=f"{name}\n{covered:.0%} of the input reaches +", xticks=[], yticks=[])
 fig.colorbar(im, ax=axes, label="log10 |d output(+) / d input|", shrink=0.8)
-save_figure(fig, "05_receptive_field.png")
+show(fig, "05_receptive_field")
 
 conv_map = maps["3x3 convolution (conv_kxk)"]
 assert np.count_nonzero(conv_map) == 9                                  # a 3x3 window

@@ -27,7 +27,7 @@ from npvit import functional as F
 from npvit import viz, weights
 from npvit.data import default_pipeline, example_image_path, load_image, preprocess
 from npvit.viz.figures import display_image, score_map_figure
-from tutorial_setup import FAST, plt, save_figure
+from tutorial_setup import FAST, plt, show
 
 NAME = "mobilevitv2_050"
 
@@ -108,7 +108,7 @@ panels = [(image_rgb, "input", "equal"), (r.weights[0, 0], "1. scores (P, N)", "
 for ax, (picture, title, aspect) in zip(axes, panels):
     ax.imshow(picture, aspect=aspect, interpolation="nearest")
     ax.set(title=title, xticks=[], yticks=[])
-save_figure(fig, "08_score_map_steps.png")
+show(fig, "08_score_map_steps")
 
 # %% [markdown]
 # ## The paper's Fig. 5: one map per output stride
@@ -120,7 +120,7 @@ save_figure(fig, "08_score_map_steps.png")
 
 # %%
 fig = score_map_figure(image_rgb, maps, f"{NAME} context scores ({kind} weights)", overlay=True)
-save_figure(fig, "08_context_scores.png")
+show(fig, "08_context_scores")
 assert [m.stride for m in maps] == [8, 16, 32]
 for m in maps:
     assert m.heatmap.shape == (crop, crop) and m.heatmap.min() == 0 and m.heatmap.max() == 1
@@ -131,7 +131,7 @@ for m in maps:
 # %%
 every_layer = viz.score_maps(records, (crop, crop), per_layer=True)
 fig = score_map_figure(image_rgb, every_layer, f"{NAME}: every layer ({kind} weights)")
-save_figure(fig, "08_context_scores_all_layers.png")
+show(fig, "08_context_scores_all_layers")
 assert len(every_layer) == 9
 
 # %% [markdown]
