@@ -23,21 +23,21 @@
 
 # %%
 import os
-import time
 import tracemalloc
 
 import numpy as np
 from matplotlib.ticker import FuncFormatter
-from threadpoolctl import threadpool_info, threadpool_limits
 
 import npvit
 from npvit import functional as F
 from npvit.bench import attention as bench
-from npvit.gradcheck import check_gradients, wrap_op
+from npvit.gradcheck import check_gradients, numeric_gradient, relative_error, wrap_op
 from npvit.opcount import count_ops
-from tutorial_setup import FAST, optional_torch, plt, relative_error, show, skip_without_torch
+from tutorial_setup import (FAST, Exercises, cpu_name, median_ms, optional_torch, plt, show,
+                            skip_without_torch)
 
 rng = np.random.default_rng(0)
+exercises = Exercises("04")          # solutions: tutorials/solutions/04_attention.py
 FIG1_FULL = os.environ.get("NPVIT_FIG1_FULL", "") not in ("", "0")
 
 # %% [markdown]
@@ -57,6 +57,9 @@ FIG1_FULL = os.environ.get("NPVIT_FIG1_FULL", "") not in ("", "0")
 # So `ds = y * (dy - sum(dy * y))`: O(k) per row instead of building the (k x k) Jacobian.
 # Below: the Jacobian from the formula against one built column by column with finite
 # differences, and the O(k) product against the Jacobian and against npvit's `softmax_backward`.
+# (`relative_error` in tutorials 4-8 is npvit's `max |a - b| / max(|a|, |b|)` over the whole
+# array, the number `check_gradients` reports: scale-free, so entries that are nearly zero do
+# not turn rounding noise into a large error, as tutorial 1's element-wise version can.)
 
 # %%
 def softmax(s):
@@ -472,9 +475,9 @@ assert np.allclose(lin_cache["attention"].sum(-1), 1)
 # One forward pass of MHA, Linformer and separable attention (float32, batch 1), for growing
 # k. A timing is only worth plotting if it is measured carefully:
 #
-# * **one thread, for real**: `threadpoolctl` limits the BLAS library NumPy calls to one
-#   thread for the duration of the `with` block (and we check that it did: a multi-threaded
-#   BLAS on a busy machine makes small-k timings jump around);
+# * **one thread, for real**: `median_ms` (tutorial_setup) limits the BLAS and OpenMP pools
+#   NumPy calls to one thread with `threadpoolctl` while it times (a multi-threaded BLAS on a
+#   busy machine makes small-k timings jump around);
 # * one **warm-up** run first (caches, page faults of fresh buffers), then several
 #   **repeats**, and the **median** (robust to the odd slow run on a shared machine);
 # * the slope of log latency against log k: about 2 for O(k^2), about 1 for O(k). On small
@@ -494,39 +497,16 @@ else:
 UNITS = ("MHA", "Linformer", "separable")
 
 
-def cpu_name():
-    try:
-        with open("/proc/cpuinfo") as f:
-            return next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        import platform
-        return platform.processor() or platform.machine()
-
-
-def median_latency(run, repeats):
-    """Median seconds of ``repeats`` calls after one warm-up call (which is also counted)."""
-    with count_ops() as counter:
-        run()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        run()
-        times.append(time.perf_counter() - start)
-    return float(np.median(times)), counter
-
-
 latency, ops = {u: [] for u in UNITS}, {u: [] for u in UNITS}
-with threadpool_limits(limits=1, user_api="blas"):
-    blas_threads = sorted({pool["num_threads"] for pool in threadpool_info() if pool["user_api"] == "blas"})
-    assert blas_threads == [1], blas_threads
-    for kk in fig1["ks"]:
-        for unit in UNITS:
-            run = bench.make_unit(unit, kk, fig1["dim"], fig1["heads"], fig1["proj_len"], rng)
-            seconds, counter = median_latency(run, fig1["repeats"])
-            latency[unit].append(seconds * 1e3)
-            ops[unit].append(counter.macs + counter.elementwise)
-            del run
-        print(f"k={kk:5d}: " + ", ".join(f"{u} {latency[u][-1]:8.3f} ms" for u in UNITS))
+for kk in fig1["ks"]:
+    for unit in UNITS:
+        run = bench.make_unit(unit, kk, fig1["dim"], fig1["heads"], fig1["proj_len"], rng)
+        with count_ops() as counter:               # one more pass, to count what it does
+            run()
+        ops[unit].append(counter.macs + counter.elementwise)
+        latency[unit].append(median_ms(run, repeats=fig1["repeats"], warmup=1))
+        del run
+    print(f"k={kk:5d}: " + ", ".join(f"{u} {latency[u][-1]:8.3f} ms" for u in UNITS))
 large_k = fig1["ks"][len(fig1["ks"]) // 2]
 slopes = {}
 for unit in UNITS:
@@ -547,7 +527,7 @@ for ax in (ax_t, ax_ops):
 ax_t.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
 ax_t.set(ylabel=f"median of {fig1['repeats']} runs after 1 warm-up (ms)",
          title=f"measured: d={fig1['dim']}, h={fig1['heads']}, Linformer p={fig1['proj_len']}, "
-               "float32, batch 1,\n1 BLAS thread (threadpoolctl)")
+               "float32, batch 1,\none thread (threadpoolctl)")
 ax_ops.set(ylabel="multiply-adds + element-wise ops (counted)",
            title="operations of one forward pass (counted, exact)")
 fig.suptitle(f"The MobileViTv2 paper's Fig. 1 on this machine: {cpu_name()}", fontsize=10)
@@ -596,6 +576,75 @@ else:
     errs = [relative_error(a, t.detach().numpy()) for a, t in zip(ours, theirs)]
     print("separable vs torch (y, dx, dW_qkv, db_qkv, dW_out, db_out):", ", ".join(f"{e:.0e}" for e in errs))
     assert max(errs) < 1e-10
+
+# %% [markdown]
+# ## Exercises
+#
+# Fill in a function and run the cell after it: the checker compares your answer with npvit
+# and with finite differences and prints whether it is right (solutions, read them last:
+# `tutorials/solutions/04_attention.py`).
+#
+# ### Exercise 4.1: Linformer's projection backward
+#
+# Linformer computes `K' = E K` for every sample: `key` (B, k, d), `e` (p, k), `key_p`
+# (B, p, d). Given `d_key_p = dL/dK'`, return `(d_key, d_e)`. Write `K'[b, r, c] = sum_n
+# E[r, n] K[b, n, c]` and ask, as in the backward rules above, which outputs each entry of E
+# and of K touched. (E is shared by the samples of the batch.)
+
+
+# %%
+def linformer_projection_backward(d_key_p, key, e):
+    """d_key_p: (B, p, d), key: (B, k, d), e: (p, k) -> d_key (B, k, d), d_e (p, k)."""
+    raise NotImplementedError
+
+
+# %%
+def check_linformer_projection_backward(candidate):
+    r = np.random.default_rng(41)
+    key, e = r.standard_normal((3, 7, 5)), r.standard_normal((4, 7))
+    d_key_p = r.standard_normal((3, 4, 5))
+    d_key, d_e = candidate(d_key_p, key.copy(), e.copy())
+    assert np.shape(d_key) == key.shape and np.shape(d_e) == e.shape, "d_key must be (B, k, d), d_e (p, k)"
+    # npvit: K'^T = K^T E^T is a linear layer on x = K^T (B, d, k) with weight E
+    _, cache = F.linear_forward(key.transpose(0, 2, 1), e)
+    dx_ref, de_ref, _ = F.linear_backward(d_key_p.transpose(0, 2, 1), cache)
+    assert relative_error(d_key, dx_ref.transpose(0, 2, 1)) < 1e-12, "d_key differs from npvit's"
+    assert relative_error(d_e, de_ref) < 1e-12, "d_e differs from npvit's (is it summed over the batch?)"
+    num, idx = numeric_gradient(lambda: e @ key, e, d_key_p, rng=r)
+    assert relative_error(np.reshape(d_e, -1)[idx], num) < 1e-8, "d_e differs from finite differences"
+
+
+exercises.check(linformer_projection_backward, check_linformer_projection_backward)
+
+# %% [markdown]
+# ### Exercise 4.2: a softmax with a learned temperature
+#
+# Some attention variants learn the sharpness of their softmax: `y = softmax(s / tau)` over
+# the last axis, with a scalar temperature `tau > 0`. Given `dy`, return `(ds, dtau)`. Use the
+# softmax's Jacobian-vector product derived at the top of this tutorial for `u = s / tau`,
+# then the chain rule to s and to tau (tau touches every entry, so its gradient is a sum).
+
+
+# %%
+def tempered_softmax_backward(dy, s, tau):
+    """dy, s: (..., k); tau: float -> ds (..., k), dtau (float)."""
+    raise NotImplementedError
+
+
+# %%
+def check_tempered_softmax_backward(candidate):
+    r = np.random.default_rng(42)
+    s, dy, tau = r.standard_normal((3, 6)) * 2, r.standard_normal((3, 6)), np.array(0.7)
+    ds, dtau = candidate(dy, s.copy(), float(tau))
+    assert np.shape(ds) == s.shape and np.size(dtau) == 1, "ds must have the shape of s, dtau one number"
+    y, cache = F.softmax_forward(s / tau)
+    assert relative_error(ds, F.softmax_backward(dy, cache) / tau) < 1e-12, \
+        "ds differs from npvit's softmax_backward, divided by tau"
+    num, _ = numeric_gradient(lambda: F.softmax_forward(s / tau)[0], tau, dy)
+    assert relative_error(dtau, num) < 1e-7, f"dtau = {float(dtau):.6f}, finite differences say {num[0]:.6f}"
+
+
+exercises.check(tempered_softmax_backward, check_tempered_softmax_backward)
 
 # %% [markdown]
 # **Summary.** MHA builds (k x k) weights per head — `4 k d^2 + 2 k^2 d` multiply-adds and a
