@@ -23,12 +23,13 @@ import numpy as np
 
 import npvit
 from npvit import functional as F
-from npvit.gradcheck import numeric_gradient
+from npvit.gradcheck import numeric_gradient, relative_error
 from npvit.nn.blocks import MobileViTBlock, MobileViTBlockV2
-from tutorial_setup import FAST, optional_torch, plt, relative_error, show, skip_without_torch
+from tutorial_setup import Exercises, FAST, optional_torch, plt, show, skip_without_torch
 
 npvit.nn.manual_seed(0)
 rng = np.random.default_rng(0)
+exercises = Exercises("05")          # solutions: tutorials/solutions/05_mobilevit_blocks.py
 C, D, DEPTH = 16, 24, 2              # block channels, transformer width d, transformer layers
 SIDE = 8 if FAST else 16             # feature map side
 HEADS = 4
@@ -413,6 +414,87 @@ else:
         print(f"{type(ours).__name__} vs timm {type(ref).__name__}:",
               ", ".join(f"{k} {e:.1e}" for k, e in errs.items()))
         assert max(errs.values()) < 1e-9
+
+# %% [markdown]
+# ## Exercises
+#
+# Fill in a function and run the cell after it; the checker compares your answer with npvit
+# and with finite differences (solutions, read them last: `tutorials/solutions/05_mobilevit_blocks.py`).
+#
+# ### Exercise 5.1: the backward of a pre-norm transformer layer
+#
+# Both versions' transformer layers compute `x = x + drop(attn(norm1(x)))`, then
+# `x = x + mlp(norm2(x))` with the children `layer.norm1, layer.attn, layer.attn_out_drop,
+# layer.norm2, layer.mlp`. Write `prenorm_residual_backward(layer, dy)`: call the children's
+# `backward` methods in the right order (each fills its parameters' gradients) and return
+# dL/dx. Mind the two residuals: the gradient goes both around and through each branch.
+
+
+# %%
+def prenorm_residual_backward(layer, dy):
+    """layer: a TransformerLayer (v1) or LinearTransformerLayer (v2) whose forward just ran;
+    dy: the gradient of its output -> the gradient of its input."""
+    raise NotImplementedError
+
+
+# %%
+def check_prenorm_residual_backward(candidate):
+    r = np.random.default_rng(51)
+    for layer, shape in ((v1.transformer[0], (3, 5, D)), (v2.transformer[0], (2, D, 4, 5))):
+        layer.train()
+        x_l, g_l = r.standard_normal(shape), r.standard_normal(shape)
+        layer.zero_grad()
+        layer(x_l)
+        dx_ref = layer.backward(g_l)
+        ref = {n: p.grad.copy() for n, p in layer.named_parameters()}
+        layer.zero_grad()
+        layer(x_l)
+        dx_c = candidate(layer, g_l)
+        name = type(layer).__name__
+        assert np.shape(dx_c) == shape, f"{name}: dx has shape {np.shape(dx_c)}, not {shape}"
+        assert relative_error(dx_c, dx_ref) < 1e-12, f"{name}: dx differs from layer.backward"
+        for n, p in layer.named_parameters():
+            assert p.grad is not None, f"{name}: {n} got no gradient (was its module's backward called?)"
+            assert relative_error(p.grad, ref[n]) < 1e-12, f"{name}: the gradient of {n} differs"
+        num, idx = numeric_gradient(lambda: layer.forward(x_l), x_l, g_l, max_coords=10, rng=r)
+        assert relative_error(np.reshape(dx_c, -1)[idx], num) < 1e-6, f"{name}: dx differs from finite differences"
+
+
+exercises.check(prenorm_residual_backward, check_prenorm_residual_backward)
+
+# %% [markdown]
+# ### Exercise 5.2: the receptive-field probe
+#
+# Write `input_sensitivity(module, x, row, col)` that returns the maps drawn above: with x of
+# shape (1, C, H, W), run the module forward, put a gradient of 1 on output pixel (row, col)
+# of every channel and 0 elsewhere, run the backward, and return `sum_c |dx[0, c]|`, an
+# (H, W) array. (The module is in eval mode; call `module.zero_grad()` first so the
+# parameters' gradients do not pile up.)
+
+
+# %%
+def input_sensitivity(module, x, row, col):
+    """module: an npvit Module mapping (1, C, H, W) to (1, C', H', W'); -> (H, W) map."""
+    raise NotImplementedError
+
+
+# %%
+def check_input_sensitivity(candidate):
+    r = np.random.default_rng(52)
+    x_p = r.standard_normal((1, C, 4, 4))
+    for module in (v1.conv_kxk, v2):
+        module.eval()
+        got = candidate(module, x_p.copy(), 1, 2)
+        assert np.shape(got) == (4, 4), f"the map must be (H, W) = (4, 4), got {np.shape(got)}"
+        g_p = np.zeros(module(x_p).shape)
+        g_p[0, :, 1, 2] = 1.0
+        num, _ = numeric_gradient(lambda: module.forward(x_p), x_p, g_p)   # every input entry
+        expected = np.abs(num.reshape(x_p.shape)).sum(axis=(0, 1))
+        assert relative_error(got, expected) < 1e-7, \
+            f"{type(module).__name__}: the map differs from finite differences (abs per channel, then the sum?)"
+
+
+exercises.check(input_sensitivity, check_input_sensitivity)
 
 # %% [markdown]
 # **Summary.** v1: 3x3 conv, 1x1 to d, unfold (B*P, N, d), MHA transformer, fold, 1x1 back,
