@@ -43,13 +43,14 @@ import numpy as np
 import npvit
 from npvit import functional as F
 from npvit import train
-from npvit.gradcheck import check_gradients, numeric_gradient, wrap_op
+from npvit.gradcheck import check_gradients, numeric_gradient, relative_error, wrap_op
 from npvit.models.network import ClassifierHead
 from npvit.nn.blocks import InvertedResidual
-from tutorial_setup import optional_torch, relative_error, skip_without_torch
+from tutorial_setup import Exercises, optional_torch, skip_without_torch
 
 rng = np.random.default_rng(1)
 torch = optional_torch()
+exercises = Exercises("06")          # solutions: tutorials/solutions/06_whole_model.py
 
 # %% [markdown]
 # ### A module keeps one cache; backward pops it; gradients add up
@@ -346,6 +347,82 @@ print("three AdamW steps by hand vs", ", ".join(f"{n} {e:.0e}" for n, e in errs.
 assert max(errs.values()) < 1e-14
 if torch is None:
     skip_without_torch("the comparison of SiLU, cross-entropy and AdamW with PyTorch")
+
+# %% [markdown]
+# ### Exercises
+#
+# Fill in a function and run the cell after it; the checker compares your answer with npvit,
+# finite differences and (where installed) PyTorch (solutions, read them last:
+# `tutorials/solutions/06_whole_model.py`).
+#
+# **Exercise 6.1: GELU's backward.** The transformers of many other vision models use GELU,
+# `y = x Phi(x)` with `Phi` the standard normal CDF and `phi(x) = exp(-x^2 / 2) / sqrt(2 pi)`
+# its density. Derive `dy/dx` with the product rule, as for SiLU, and write
+# `gelu_backward(dy, x)`.
+
+
+# %%
+def gelu_backward(dy, x):
+    """dy, x: any shape -> dx = dy * d(x Phi(x))/dx."""
+    raise NotImplementedError
+
+
+# %%
+def check_gelu_backward(candidate):
+    r = np.random.default_rng(61)
+    x_g, dy_g = r.standard_normal((4, 7)) * 3, r.standard_normal((4, 7))
+    got = candidate(dy_g, x_g.copy())
+    assert np.shape(got) == x_g.shape, f"dx must have the shape of x, got {np.shape(got)}"
+    assert relative_error(got, F.gelu_backward(dy_g, F.gelu_forward(x_g)[1])) < 1e-12, \
+        "differs from npvit's gelu_backward"
+    num, idx = numeric_gradient(lambda: F.gelu_forward(x_g)[0], x_g, dy_g, rng=r)
+    assert relative_error(np.reshape(got, -1)[idx], num) < 1e-8, "differs from finite differences"
+    if torch is not None:
+        tx = torch.tensor(x_g, requires_grad=True)
+        torch.nn.functional.gelu(tx).backward(torch.from_numpy(dy_g))
+        assert relative_error(got, tx.grad.numpy()) < 1e-12, "differs from torch's GELU gradient"
+
+
+exercises.check(gelu_backward, check_gelu_backward)
+
+# %% [markdown]
+# **Exercise 6.2: SGD with Nesterov momentum.** The v1 recipes in ml-cvnets train with SGD.
+# Write one step of `torch.optim.SGD(momentum=mu, nesterov=True, weight_decay=wd)` (no
+# dampening): `g = grad + wd w`; the momentum buffer is `b = g` on the first step (pass
+# `buf=None`) and `b = mu b + g` afterwards; Nesterov steps along `g + mu b`, so
+# `w_new = w - lr (g + mu b)`. Return `(w_new, b)` without changing the arrays passed in.
+
+
+# %%
+def sgd_nesterov_step(w, grad, buf, lr, momentum, weight_decay):
+    """w, grad: arrays; buf: the momentum buffer or None on the first step -> (w_new, buf_new)."""
+    raise NotImplementedError
+
+
+# %%
+def check_sgd_nesterov_step(candidate):
+    r = np.random.default_rng(62)
+    w0, grads = r.standard_normal(6), [r.standard_normal(6) for _ in range(4)]
+    hyper = dict(lr=0.1, momentum=0.9, weight_decay=1e-3)
+    w, buf = w0.copy(), None
+    for g in grads:
+        w, buf = candidate(w, g.copy(), None if buf is None else buf.copy(), **hyper)
+    param = npvit.nn.Parameter(w0.copy())
+    opt = train.SGD([("w", param)], nesterov=True, **hyper)
+    for g in grads:
+        param.grad = g
+        opt.step()
+    assert relative_error(w, param.data) < 1e-14, "four steps differ from npvit.train.SGD(nesterov=True)"
+    if torch is not None:
+        tw = torch.tensor(w0, requires_grad=True)
+        topt = torch.optim.SGD([tw], nesterov=True, **hyper)
+        for g in grads:
+            tw.grad = torch.from_numpy(g)
+            topt.step()
+        assert relative_error(w, tw.detach().numpy()) < 1e-14, "four steps differ from torch.optim.SGD"
+
+
+exercises.check(sgd_nesterov_step, check_sgd_nesterov_step)
 
 # %% [markdown]
 # ## Part 2: the whole model
