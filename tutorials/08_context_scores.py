@@ -30,9 +30,11 @@ from npvit import functional as F
 from npvit import viz, weights
 from npvit.data import default_pipeline, example_image_path, load_image, preprocess
 from npvit.viz.figures import attention_figure, display_image, score_map_figure
-from tutorial_setup import FAST, plt, relative_error, show
+from npvit.gradcheck import relative_error
+from tutorial_setup import Exercises, FAST, plt, show
 
 NAME = "mobilevitv2_050"
+exercises = Exercises("08")          # solutions: tutorials/solutions/08_context_scores.py
 
 # %% [markdown]
 # ## A model and an image
@@ -225,6 +227,67 @@ fig = add_colourbar(attention_figure(image_v1, v1_maps, f"{NAME_V1} attention fr
                     label="min-max normalised attention")
 show(fig, "08_v1_attention_maps.png")
 assert [m.stride for m in v1_maps] == [8, 16, 32]
+
+# %% [markdown]
+# ## Exercises
+#
+# Fill in a function and run the cell after it (solutions, read them last:
+# `tutorials/solutions/08_context_scores.py`).
+#
+# ### Exercise 8.1: the pixel shuffle, as loops
+#
+# Write `pixel_shuffle_loops(scores, grid)`: scores (P, N) of one layer, P = 4 pixel
+# positions p = 2a + b of a 2x2 patch, N = n_h * n_w patches in row-major order; return the
+# (2 n_h, 2 n_w) map with pixel position (a, b) of patch (i, j) at (2i + a, 2j + b). Four
+# loops, no reshapes: the checker compares with `npvit.viz.pixel_shuffle`.
+
+
+# %%
+def pixel_shuffle_loops(scores, grid):
+    """scores: (4, N), grid: (n_h, n_w) with N = n_h * n_w -> (2 n_h, 2 n_w)."""
+    raise NotImplementedError
+
+
+# %%
+def check_pixel_shuffle_loops(candidate):
+    r = np.random.default_rng(81)
+    for grid in ((3, 5), (2, 2)):
+        scores = r.random((4, grid[0] * grid[1]))
+        got = candidate(scores.copy(), grid)
+        ref = viz.pixel_shuffle(scores[None], grid)[0]
+        assert np.shape(got) == ref.shape, f"the map must be {ref.shape}, got {np.shape(got)}"
+        assert np.array_equal(got, ref), f"differs from npvit.viz.pixel_shuffle on a {grid} grid"
+
+
+exercises.check(pixel_shuffle_loops, check_pixel_shuffle_loops)
+
+# %% [markdown]
+# ### Exercise 8.2: the backward of the nearest-neighbour upsampling
+#
+# `np.repeat(np.repeat(v, s, axis=0), s, axis=1)` copies every entry of an (h, w) map to an
+# s x s block. Write its backward `upsample_nearest_backward(d_map, s)`: (h s, w s) -> (h, w).
+# (One reshape and one sum, as in `raw_map_backward` above — or loops, if you want to see it
+# first.)
+
+
+# %%
+def upsample_nearest_backward(d_map, s):
+    """d_map: (h s, w s) -> (h, w), the gradient with respect to the small map."""
+    raise NotImplementedError
+
+
+# %%
+def check_upsample_nearest_backward(candidate):
+    r = np.random.default_rng(82)
+    small, d_big = r.standard_normal((3, 4)), r.standard_normal((15, 20))
+    got = candidate(d_big.copy(), 5)
+    assert np.shape(got) == small.shape, f"the gradient must be {small.shape}, got {np.shape(got)}"
+    up = lambda: viz.upsample_nearest(small, (15, 20))            # npvit's forward
+    num, _ = npvit.gradcheck.numeric_gradient(up, small, d_big)
+    assert relative_error(np.reshape(got, -1), num) < 1e-8, "differs from finite differences of npvit's upsampling"
+
+
+exercises.check(upsample_nearest_backward, check_upsample_nearest_backward)
 
 # %% [markdown]
 # **Summary.** A context score map is the softmax `c_s` of one separable-attention layer,
