@@ -306,13 +306,14 @@ assert max(errors.values()) < 1e-7
 # ### A kink: where finite differences are wrong
 #
 # `ReLU(V)` has no derivative at V = 0. If a value sits closer to 0 than the finite-difference
-# step h, `V + h` and `V - h` fall on different sides and the centred difference returns the
-# *average* of the two slopes — half the true one-sided gradient — while the backward
-# (which uses `[V > 0]`) is exact. Below, one value channel is put at `+h/3` for every token
-# (its weights zeroed, its bias h/3), right next to the kink: with the usual step
-# h = 1e-6 the finite difference of that bias is off by about half, and a step smaller than
-# the distance to the kink fixes it. When a gradient check fails on a network with ReLUs,
-# look for inputs near a kink before blaming the backward.
+# step h, `V + h` and `V - h` fall on different sides and the centred difference returns a
+# *mix* of the two one-sided slopes, while the backward (which uses `[V > 0]`) is exact.
+# Below, one value channel is put at `+h/3` for every token (its weights zeroed, its bias
+# h/3): of the step from `V - h` to `V + h` only the part above zero, 4h/3 of 2h, has the
+# slope, so with the usual h = 1e-6 the finite difference of that bias is a third too small.
+# A step smaller than the distance to the kink fixes it. When a gradient check fails on a
+# network with ReLUs, look for inputs near a kink before blaming the backward (tutorial 1
+# says how likely that is with random inputs).
 
 # %%
 value_row = 1 + d                                     # the first value channel in [i | K | V]
@@ -335,7 +336,7 @@ for step in (1e-6, 1e-8):
 kink_errors = [abs(n - exact) / abs(exact) for n in numeric]
 print(f"d loss / d b_V at the kink: backward {exact:.6f}, finite differences h=1e-6: "
       f"{numeric[0]:.6f} (error {kink_errors[0]:.2f}), h=1e-8: {numeric[1]:.6f} (error {kink_errors[1]:.0e})")
-assert kink_errors[0] > 0.3 and kink_errors[1] < 1e-3
+assert abs(kink_errors[0] - 1 / 3) < 0.01 and kink_errors[1] < 1e-3
 
 # %% [markdown]
 # What each one computes for a sequence of k tokens: MHA a (k x k) weight matrix per head
