@@ -334,8 +334,8 @@ assert np.allclose(maps["MobileViT v1 block"][~core], maps["v1 block without the
 # The same probe on a whole network (`mobilevit_xxs`, random weights) shows where the global
 # view begins. Put the unit gradient on the centre pixel of each stage's output and run the
 # backward through that stage and everything before it down to the image: the stem and the
-# first two stages are convolutions (a receptive field of a few dozen pixels that grows with
-# depth), and from stage 2 on — right after the **first MobileViT block**, at output stride
+# first two stages are convolutions (a window that grows with depth: its side is printed
+# below), and from stage 2 on — right after the **first MobileViT block**, at output stride
 # 8 — every pixel of the image reaches every output pixel.
 
 # %%
@@ -363,8 +363,10 @@ fig.suptitle(f"mobilevit_xxs, {net_side}x{net_side} input: which image pixels re
              "output pixel of each stage")
 show(fig, "05_network_receptive_field.png")
 coverage = [np.mean(m > 0) for m in net_maps.values()]
-print("share of the image that reaches the centre pixel, stage by stage:",
-      ", ".join(f"{c:.0%}" for c in coverage))
+for (name, m), c in zip(net_maps.items(), coverage):
+    rows, cols = np.nonzero(m)
+    print(f"{name}: {c:4.0%} of the image reaches the centre pixel, a window of "
+          f"{rows.max() - rows.min() + 1} x {cols.max() - cols.min() + 1} pixels")
 assert coverage[0] < coverage[1] < 1 and all(c == 1 for c in coverage[2:])
 
 # %% [markdown]
