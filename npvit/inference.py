@@ -22,11 +22,15 @@ without network) on a first run would surprise more than it helps.
 """
 from __future__ import annotations
 
+import functools
+import os
+import tracemalloc
 from typing import NamedTuple
 
 import numpy as np
 
-from .data import PIPELINES, default_pipeline, imagenet_classes
+from . import opcount
+from .data import MIN_SIDE, PIPELINES, default_pipeline, imagenet_classes
 from .errors import NpvitError
 from .functional import softmax_forward
 from .models import MobileViTNet, create_model, list_models
@@ -129,3 +133,136 @@ def top_k(probabilities, k: int = 5) -> list[Prediction]:
     order = np.argsort(-probabilities, kind="stable")[:k]
     return [Prediction(rank, int(i), classes[i].wnid, classes[i].name, float(probabilities[i]))
             for rank, i in enumerate(order, start=1)]
+
+
+# --- will an input size fit in memory? ------------------------------------------------------------
+# The working set of one pass grows as size^2 (feature maps) and, for MobileViT v1, as size^4
+# (each (P*h, N, N) attention map has N ~ (size/16)^2 patches at output stride 8): predict
+# --size 2048 on v1 would ask for 16 GiB per attention map. `check_size` measures the pass at two
+# small sizes and refuses, up front and in one line, a size whose estimate exceeds the memory
+# this process may still use.
+_CALIBRATION_SIZES = (64, 128)
+
+
+@functools.lru_cache(maxsize=None)
+def _calibrate(name: str, training: bool) -> tuple[float, float, float, float]:
+    """(a, b, attention_largest, attention_total) for model ``name``, one image: the measured
+    peak of new allocations is a + b * size^2 plus the attention maps, which at size S take
+    attention_* * (S / 64)^4 bytes (v1; 0 for v2, whose context scores grow as size^2 and are
+    part of b). Measured with tracemalloc (NumPy reports its buffers to it) at sizes 64 and 128."""
+    model = create_model(name)
+    model.train(training)
+    peaks, attention = [], []
+    if training:   # the first backward allocates every parameter's .grad; keep that out of b
+        y = model(np.zeros((1, 3, MIN_SIDE, MIN_SIDE), np.float32))
+        model.backward(np.ones_like(y))
+    for size in _CALIBRATION_SIZES:
+        x = np.full((1, 3, size, size), 0.5, np.float32)
+        tracing = tracemalloc.is_tracing()
+        if not tracing:
+            tracemalloc.start()
+        tracemalloc.reset_peak()
+        start = tracemalloc.get_traced_memory()[0]
+        with opcount.count_ops() as counter:
+            if training:
+                model.backward(np.ones_like(model(x)))
+            else:
+                with no_grad():
+                    model(x)
+        peak = tracemalloc.get_traced_memory()[1] - start
+        if not tracing:
+            tracemalloc.stop()
+        maps = [op.nbytes for op in counter.ops if op.name == "softmax over keys"]  # v1 MHA
+        scale = (size / _CALIBRATION_SIZES[0]) ** 4
+        attention.append((max(maps, default=0) / scale, sum(maps) / scale))
+        peaks.append(peak - (sum(maps) if training else max(maps, default=0)))
+    (s0, s1), (p0, p1) = _CALIBRATION_SIZES, peaks
+    b = max(p1 - p0, 0) / (s1 ** 2 - s0 ** 2)
+    a = max(p0 - b * s0 ** 2, 0)
+    return a, b, *attention[0]
+
+
+def working_set_bytes(name: str, size: int, batch: int = 1, training: bool = False,
+                      capture: bool = False) -> float:
+    """Estimated peak memory (bytes, float32) of one pass of model ``name`` on ``batch`` images of
+    ``size`` x ``size``: inference (under no_grad, one image at a time, so ``batch`` does not
+    matter; ``capture``: every layer's attention map kept, as viz.capture does) or a training
+    step (forward + backward, every layer's cache alive). Within about 10% of the peak RSS
+    measured for v1 and v2 models at sizes 256-1024."""
+    a, b, largest, total = _calibrate(name, training)
+    attention = (size / _CALIBRATION_SIZES[0]) ** 4
+    if training:
+        # every layer's map is cached for backward, and backward makes a few of the largest
+        per_image = b * size ** 2 + (total + 3 * largest) * attention
+        return a + batch * per_image
+    return a + b * size ** 2 + (total if capture else largest) * attention
+
+
+def available_memory_bytes() -> int | None:
+    """What this process may still allocate: the system's available memory (Linux
+    /proc/meminfo MemAvailable), lowered to what an address-space limit (ulimit -v) leaves;
+    None where neither is known."""
+    limits = []
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    limits.append(int(line.split()[1]) * 1024)
+    except (OSError, ValueError):
+        pass
+    try:
+        import resource
+        soft, _ = resource.getrlimit(resource.RLIMIT_AS)
+        if soft != resource.RLIM_INFINITY:
+            with open("/proc/self/statm") as f:
+                used = int(f.read().split()[0]) * os.sysconf("SC_PAGE_SIZE")
+            limits.append(max(soft - used, 0))
+    except (ImportError, OSError, ValueError):
+        pass
+    return min(limits) if limits else None
+
+
+def largest_size(name: str, budget: float, batch: int = 1, training: bool = False,
+                 capture: bool = False, step: int = 32) -> int:
+    """The largest multiple of ``step`` whose working set fits ``budget`` bytes (MIN_SIDE when
+    only that does); 0 when not even MIN_SIDE fits."""
+    def fits(size):
+        return working_set_bytes(name, size, batch, training, capture) <= budget
+
+    if not fits(MIN_SIDE):
+        return 0
+    low, high = 1, 2          # in units of step; fits(low * step) holds, fits(high * step) not yet known
+    while fits(high * step):
+        low, high = high, high * 2
+    while high - low > 1:     # working_set_bytes grows with size: bisect between low and high
+        mid = (low + high) // 2
+        low, high = (mid, high) if fits(mid * step) else (low, mid)
+    return max(low * step, MIN_SIDE)
+
+
+# Room left for everything else (decoded images, Python, the figure): use at most this share.
+MEMORY_SHARE = 0.8
+
+
+def check_size(name: str, size: int, batch: int = 1, training: bool = False,
+               capture: bool = False, option: str = "--size") -> None:
+    """Refuse, in one NpvitError line, an input ``size`` below MIN_SIDE or whose working set
+    (working_set_bytes) would not fit in MEMORY_SHARE of the memory this process may still use,
+    naming the largest size that does. Used by predict, eval and scoremap (inference; scoremap
+    with capture=True) and finetune (training=True with its batch size)."""
+    if size < MIN_SIDE:
+        raise NpvitError(f"{option} must be at least {MIN_SIDE}, got {size}")
+    available = available_memory_bytes()
+    if available is None:
+        return
+    budget = MEMORY_SHARE * available
+    need = working_set_bytes(name, size, batch, training, capture)
+    if need <= budget:
+        return
+    fits = largest_size(name, budget, batch, training, capture)
+    what = f"a training step on {batch} image(s)" if training else "inference"
+    advice = (f"the largest {option} that fits is {fits}" if fits
+              else "not even the smallest size fits; free some memory")
+    raise NpvitError(f"{option} {size} is too large for {name}: {what} would need about "
+                     f"{need / 2**30:.1f} GiB, and {available / 2**30:.1f} GiB are available; "
+                     f"{advice}")

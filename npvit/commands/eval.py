@@ -32,8 +32,9 @@ from tqdm import tqdm
 
 from ..data import (DEFAULT_CROP_SIZE, MIN_SIDE, image_files, load_image, preprocess,
                     wnid_to_index)
-from ..errors import NpvitError
-from ..inference import DEFAULT_MODEL, PREPROCESS_CHOICES, classify, load_model, pipeline_for
+from ..errors import NpvitError, error_line
+from ..inference import (DEFAULT_MODEL, PREPROCESS_CHOICES, check_size, classify, load_model,
+                         pipeline_for)
 from .options import add_model_and_weights
 
 _WNID_PREFIX = re.compile(r"^(n\d{8})(?!\d)")   # "n01440764_10026.JPEG" -> "n01440764"
@@ -103,7 +104,10 @@ def run(args) -> int:
     samples = spread(samples, args.limit)
     if args.weights is None and args.model is None:
         args.model = DEFAULT_MODEL
+    if args.model is not None:
+        check_size(args.model, args.size)
     model, source = load_model(args.model, args.weights, download=args.download)
+    check_size(model.name, args.size)
     pipeline = pipeline_for(model.name, args.preprocess)
 
     tally, skipped, batch, labels = Tally(), 0, [], []
@@ -114,7 +118,7 @@ def run(args) -> int:
                 labels.append(label)
             except NpvitError as e:
                 message = str(e) if str(e).startswith(str(path)) else f"{path}: {e}"
-                tqdm.write(f"npvit: error: {message}", file=sys.stderr)
+                tqdm.write(error_line(message), file=sys.stderr)
                 skipped += 1
             if batch and (len(batch) == args.batch_size or i == len(samples) - 1):
                 tally.add(classify(model, np.stack(batch)), np.array(labels))

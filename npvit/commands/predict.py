@@ -22,13 +22,13 @@ import argparse
 import json
 import sys
 
-from ..data import DEFAULT_CROP_SIZE, MIN_SIDE, example_image_path, load_image, preprocess
-from ..errors import NpvitError
-from ..inference import (DEFAULT_MODEL, PREPROCESS_CHOICES, RANDOM_WEIGHTS, classify,
+from ..data import DEFAULT_CROP_SIZE, example_image_path, load_image, preprocess
+from ..errors import NpvitError, error_line
+from ..inference import (DEFAULT_MODEL, PREPROCESS_CHOICES, RANDOM_WEIGHTS, check_size, classify,
                          load_model, pipeline_for, top_k)
 from ..models import list_models
 from ..weights import cache_dir
-from .options import add_model_and_weights
+from .options import add_model_and_weights, check_seed
 
 
 class _LazyModel:
@@ -43,6 +43,7 @@ class _LazyModel:
             args = self.args
             self.model, self.source = load_model(args.model, args.weights, fallback_random=True,
                                                  download=args.download, seed=args.seed)
+            check_size(self.model.name, args.size)   # the variant may come from --weights
             if self.source == RANDOM_WEIGHTS:
                 name = self.model.name
                 print(f"npvit predict: no official weights for {name} in {cache_dir()}, so "
@@ -62,10 +63,11 @@ def run(args) -> int:
         raise NpvitError(f"unknown model {args.model!r}; choose one of {', '.join(list_models())}")
     if args.weights is None and args.model is None:
         args.model = DEFAULT_MODEL
+    check_seed(args.seed)
     if args.topk < 1:
         raise NpvitError(f"--topk must be at least 1, got {args.topk}")
-    if args.size < MIN_SIDE:
-        raise NpvitError(f"--size must be at least {MIN_SIDE}, got {args.size}")
+    if args.model is not None:
+        check_size(args.model, args.size)   # before any image is read
     images = args.images
     if not images:
         images = [str(example_image_path())]
@@ -77,7 +79,7 @@ def run(args) -> int:
         try:
             image = load_image(image_path)
         except NpvitError as e:   # one line naming the file; carry on with the next one
-            print(f"npvit: error: {e}", file=sys.stderr)
+            print(error_line(e), file=sys.stderr)
             failures += 1
             continue
         model = lazy.get()
@@ -85,7 +87,7 @@ def run(args) -> int:
         try:
             x = preprocess(image, pipeline, crop_size=args.size)[None]    # (1, 3, S, S)
         except NpvitError as e:   # e.g. a panorama too elongated to resize
-            print(f"npvit: error: {image_path}: {e}", file=sys.stderr)
+            print(error_line(f"{image_path}: {e}"), file=sys.stderr)
             failures += 1
             continue
         rows = top_k(classify(model, x)[0], args.topk)

@@ -19,13 +19,16 @@ from .. import functional as F
 from ..data import (DEFAULT_CROP_SIZE, PIPELINES, default_pipeline, get_pipeline,
                     imagenet_classes, load_image, preprocess)
 from ..errors import NpvitError
-from ..inference import RANDOM_WEIGHTS, load_model, missing_weights_message
+from ..inference import RANDOM_WEIGHTS, check_size, load_model, missing_weights_message
+from .options import check_seed
 
 
 def run(args) -> int:
     from ..viz import figures, head_attention_maps, run_with_capture, score_maps
 
     # Weights as `npvit predict` finds them (--weights, else the cache), else random ones.
+    check_seed(args.seed)
+    check_size(args.model, args.size, capture=True)
     model, source = load_model(args.model, args.weights, fallback_random=True, seed=args.seed)
     if model.version == 2 and args.query is not None:
         raise NpvitError(f"--query picks the query patch of MobileViT v1's attention maps; "

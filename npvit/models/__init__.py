@@ -5,6 +5,7 @@ import numpy as np
 
 from ..errors import NpvitError
 from . import mobilevit, mobilevit_v2
+from .backbone import MobileViTBackbone
 from .network import MobileViTNet
 
 _BUILDERS = {**{n: mobilevit.build for n in mobilevit.CONFIGS},
@@ -27,6 +28,7 @@ def create_model(name: str, num_classes: int = 1000, pretrained=False, dtype=np.
     """
     if name not in _BUILDERS:
         raise NpvitError(f"unknown model {name!r}; choose one of {', '.join(_BUILDERS)}")
+    _check_arguments(num_classes, dtype, drop_rate, seed)
     if seed is not None:
         from ..nn.init import manual_seed
         manual_seed(seed)
@@ -42,3 +44,26 @@ def create_model(name: str, num_classes: int = 1000, pretrained=False, dtype=np.
         else:
             model.load_state_dict(state)
     return model
+
+
+# The most classes a head may have: ImageNet-21k has 21 841; 10**12 would ask for terabytes.
+MAX_CLASSES = 100_000
+
+
+def _check_arguments(num_classes, dtype, drop_rate, seed) -> None:
+    """One NpvitError line for arguments no network can be built with."""
+    if isinstance(num_classes, bool) or not isinstance(num_classes, (int, np.integer)) \
+            or not 1 <= num_classes <= MAX_CLASSES:
+        raise NpvitError(f"num_classes must be an integer from 1 to {MAX_CLASSES:,}, "
+                         f"got {num_classes!r}")
+    try:
+        floating = np.dtype(dtype) in (np.float32, np.float64)
+    except TypeError:
+        floating = False
+    if not floating:
+        raise NpvitError(f"dtype must be float32 or float64, got {dtype!r}")
+    if not (isinstance(drop_rate, (int, float)) and 0 <= drop_rate < 1):
+        raise NpvitError(f"drop_rate must be in [0, 1), got {drop_rate!r}")
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, (int, np.integer))
+                             or seed < 0):
+        raise NpvitError(f"seed must be a non-negative integer, got {seed!r}")
