@@ -1,33 +1,47 @@
-"""Model registry: ``list_models()`` and ``create_model(name, ...)``."""
+"""Model registry: ``list_models(task)`` and ``create_model(name, ...)``."""
 from __future__ import annotations
 
 import numpy as np
 
 from ..errors import NpvitError
-from . import mobilevit, mobilevit_v2
+from . import mobilevit, mobilevit_v2, segmentation
 from .backbone import MobileViTBackbone
 from .network import MobileViTNet
+from .segmentation import SegmentationModel
 
 _BUILDERS = {**{n: mobilevit.build for n in mobilevit.CONFIGS},
              **{n: mobilevit_v2.build for n in mobilevit_v2.WIDTHS}}
 
-
-def list_models() -> list[str]:
-    """The ten official variants, v1 first."""
-    return list(_BUILDERS)
+# Model names by task, each in release order.
+TASKS = {"classification": list(_BUILDERS), "segmentation": list(segmentation.RELEASES)}
 
 
-def create_model(name: str, num_classes: int = 1000, pretrained=False, dtype=np.float32,
-                 drop_rate: float = 0.0, seed: int | None = None) -> MobileViTNet:
-    """Build a variant with random weights (PyTorch's default initialisation).
+def list_models(task: str = "classification") -> list[str]:
+    """The names of ``task``: "classification" (the ten ImageNet variants, v1 first),
+    "segmentation" (the ml-cvnets DeepLabv3 / PSPNet releases) or "all"."""
+    if task == "all":
+        return [name for names in TASKS.values() for name in names]
+    if task not in TASKS:
+        raise NpvitError(f"unknown task {task!r}; choose one of {', '.join(TASKS)}, all")
+    return list(TASKS[task])
 
-    pretrained: False; True for the official ImageNet-1k weights (from the cache, downloaded
-    once); or a path to a checkpoint (.pt/.pth, .safetensors, .npz). drop_rate: dropout before
-    the classifier in training (timm's default 0.0; ml-cvnets trained v1 with 0.1).
-    seed: makes the random initialisation reproducible.
+
+def create_model(name: str, num_classes: int | None = None, pretrained=False, dtype=np.float32,
+                 drop_rate: float = 0.0, seed: int | None = None):
+    """Build a model with random weights (PyTorch's default initialisation).
+
+    pretrained: False; True for the official weights (from the cache, downloaded once); or a
+    path to a checkpoint (.pt/.pth, .safetensors, .npz). num_classes: default 1000 for the
+    classifiers, the release's classes for segmentation; another number gives a fresh
+    classifier. drop_rate: dropout before the classifier in training (timm's default 0.0;
+    ml-cvnets trained v1 with 0.1); classifiers only. seed: makes the initialisation
+    reproducible.
     """
+    if name in segmentation.RELEASES:
+        return segmentation.create(name, num_classes, pretrained, dtype, drop_rate, seed)
     if name not in _BUILDERS:
-        raise NpvitError(f"unknown model {name!r}; choose one of {', '.join(_BUILDERS)}")
+        raise NpvitError(f"unknown model {name!r}; choose one of {', '.join(list_models('all'))}")
+    num_classes = 1000 if num_classes is None else num_classes
     if seed is not None:
         from ..nn.init import manual_seed
         manual_seed(seed)
