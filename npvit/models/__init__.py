@@ -1,25 +1,34 @@
-"""Model registry: ``list_models()`` and ``create_model(name, ...)``."""
+"""Model registry: ``list_models(task)`` and ``create_model(name, ...)``."""
 from __future__ import annotations
 
 import numpy as np
 
 from ..errors import NpvitError
-from . import mobilevit, mobilevit_v2
+from . import mobilevit, mobilevit_v2, segmentation
 from .backbone import MobileViTBackbone
 from .network import MobileViTNet
+from .segmentation import SegmentationModel
 
 _BUILDERS = {**{n: mobilevit.build for n in mobilevit.CONFIGS},
              **{n: mobilevit_v2.build for n in mobilevit_v2.WIDTHS}}
 
+# Model names by task, each in release order.
+TASKS = {"classification": list(_BUILDERS), "segmentation": list(segmentation.RELEASES)}
 
-def list_models() -> list[str]:
-    """The ten official variants, v1 first."""
-    return list(_BUILDERS)
+
+def list_models(task: str = "classification") -> list[str]:
+    """The names of ``task``: "classification" (the ten ImageNet variants, v1 first),
+    "segmentation" (the ml-cvnets DeepLabv3 / PSPNet releases) or "all"."""
+    if task == "all":
+        return [name for names in TASKS.values() for name in names]
+    if task not in TASKS:
+        raise NpvitError(f"unknown task {task!r}; choose one of {', '.join(TASKS)}, all")
+    return list(TASKS[task])
 
 
 def create_model(name: str | None = None, num_classes: int | None = None, pretrained=False,
-                 dtype=np.float32, drop_rate: float = 0.0, seed: int | None = None) -> MobileViTNet:
-    """Build a variant with random weights (PyTorch's default initialisation).
+                 dtype=np.float32, drop_rate: float = 0.0, seed: int | None = None):
+    """Build a model with random weights (PyTorch's default initialisation).
 
     pretrained: False; True for the official ImageNet-1k weights (from the cache, downloaded
     once); or a path to a checkpoint (.pt/.pth, .safetensors, .npz). A model file written by
@@ -29,8 +38,11 @@ def create_model(name: str | None = None, num_classes: int | None = None, pretra
     checkpoint's number of classes; a different number keeps the pretrained backbone and
     starts the classifier afresh (as timm does). drop_rate: dropout before the classifier in
     training (timm's default 0.0; ml-cvnets trained v1 with 0.1). seed: makes the random
-    initialisation reproducible.
+    initialisation reproducible. Segmentation releases (``list_models("segmentation")``) take
+    the same arguments; their num_classes defaults to the release's classes.
     """
+    if name in segmentation.RELEASES:
+        return segmentation.create(name, num_classes, pretrained, dtype, drop_rate, seed)
     state, meta = None, None
     if pretrained and pretrained is not True:
         from ..weights import load_model_file
@@ -40,7 +52,7 @@ def create_model(name: str | None = None, num_classes: int | None = None, pretra
         raise NpvitError("create_model needs a model name (or pretrained=PATH to a model file "
                          "that names its model)")
     if name not in _BUILDERS:
-        raise NpvitError(f"unknown model {name!r}; choose one of {', '.join(_BUILDERS)}")
+        raise NpvitError(f"unknown model {name!r}; choose one of {', '.join(list_models('all'))}")
     if pretrained is True:
         from ..weights import load_pretrained
         state = load_pretrained(name, True)
