@@ -5,6 +5,7 @@ import numpy as np
 
 from ..errors import NpvitError
 from . import mobilevit, mobilevit_v2
+from .backbone import MobileViTBackbone
 from .network import MobileViTNet
 
 _BUILDERS = {**{n: mobilevit.build for n in mobilevit.CONFIGS},
