@@ -75,8 +75,9 @@ def load_model(name: str | None = None, weights=None, fallback_random: bool = Fa
     """(model in eval mode, one line saying where its weights came from); see the module
     docstring for the order. ``name`` may be None when ``weights`` is given: the variant is then
     detected from the checkpoint's keys and shapes. ``seed`` fixes the random weights."""
-    if name is not None and name not in list_models():
-        raise NpvitError(f"unknown model {name!r}; choose one of {', '.join(list_models())}")
+    if name is not None and name not in list_models(task="classification"):
+        raise NpvitError(f"unknown model {name!r}; choose one of "
+                         f"{', '.join(list_models(task='classification'))}")
     if weights is not None:
         converted = convert_checkpoint(weights, model=name)
         model = create_model(converted.model)

@@ -180,7 +180,7 @@ def test_models_lists_all_ten_with_counts_top1_and_cache_state(tmp_path, empty_c
                             env={**os.environ, "NPVIT_HOME": str(empty_cache)})
     assert out.returncode == 0, out.stderr
     rows = {line.split()[0]: line for line in out.stdout.splitlines()[1:-1]}
-    assert list(rows) == npvit.list_models()
+    assert list(rows) == npvit.list_models(task="classification")
     for name, line in rows.items():
         entry = OFFICIAL[name]   # test_weights_download: entry.params == the model's count
         assert f"{entry.params:,}" in line and f"{entry.top1:.2f}%" in line

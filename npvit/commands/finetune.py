@@ -71,9 +71,9 @@ def resolve_settings(args) -> dict:
     settings = {**DEFAULTS, **given}
     if settings["model"] is None:
         raise NpvitError("--model is required (unless you --resume a checkpoint)")
-    if settings["model"] not in list_models():
+    if settings["model"] not in list_models(task="classification"):
         raise NpvitError(f"unknown model {settings['model']!r}; choose one of "
-                         f"{', '.join(list_models())}")
+                         f"{', '.join(list_models(task='classification'))}")
     if settings["lr"] is None:
         settings["lr"] = default_lr(settings)
     for key, low in (("epochs", 1), ("batch_size", 1), ("size", MIN_SIDE)):
@@ -186,7 +186,7 @@ def add_parser(sub):
     p.add_argument("dir", metavar="DIR",
                    help="DIR/train/<class>/ and DIR/val/<class>/, or DIR/<class>/ (split here)")
     p.add_argument("--model", metavar="NAME",
-                   help=f"one of {', '.join(list_models())}")
+                   help=f"one of {', '.join(list_models(task='classification'))}")
     p.add_argument("--weights", metavar="PATH",
                    help="start from this checkpoint ('official': the official ImageNet weights); "
                         "default: random weights")

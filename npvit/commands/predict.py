@@ -58,8 +58,9 @@ def _print_table(image, model, source, pipeline, size, rows) -> None:
 
 
 def run(args) -> int:
-    if args.model is not None and args.model not in list_models():
-        raise NpvitError(f"unknown model {args.model!r}; choose one of {', '.join(list_models())}")
+    if args.model is not None and args.model not in list_models(task="classification"):
+        raise NpvitError(f"unknown model {args.model!r}; choose one of "
+                         f"{', '.join(list_models(task='classification'))}")
     if args.weights is None and args.model is None:
         args.model = DEFAULT_MODEL
     if args.topk < 1:

@@ -14,14 +14,16 @@ from ..errors import NpvitError
 
 @dataclass(frozen=True)
 class Checkpoint:
-    """One official ImageNet-1k checkpoint: where it lives and what it should be."""
+    """One official checkpoint (ImageNet-1k classifier or COCO detector): where it lives and
+    what it should be."""
     name: str                   # npvit / timm model name
     url: str
     file_name: str
     params: int                 # parameter count of the model
-    top1: float                 # ImageNet-1k top-1 (%) reported by ml-cvnets
+    top1: float | None          # ImageNet-1k top-1 (%) reported by ml-cvnets; None: a detector
     sha256: str | None = None   # None: unknown, not checked
     bytes: int | None = None    # None: unknown, not checked
+    map: float | None = None    # detectors: COCO val2017 box mAP@[.5:.95] (%) reported
 
 
 def _load_manifest() -> dict[str, Checkpoint]:
@@ -95,7 +97,7 @@ def detect_model(state: dict[str, np.ndarray], source: str = "checkpoint") -> st
         expected = expected_shapes(name)
         return sum(tuple(np.shape(v)) == expected.get(k) for k, v in state.items())
 
-    best = max(list_models(), key=score)
+    best = max(list_models(task="classification"), key=score)
     if score(best) < 0.5 * len(expected_shapes(best)):
         raise NpvitError(f"{source} does not look like any MobileViT variant npvit knows "
                          f"(at best {score(best)} of {len(expected_shapes(best))} {best} tensors "
