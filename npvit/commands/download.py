@@ -10,7 +10,8 @@ def run(args) -> int:
     if not names:
         print(f"official checkpoints (cache: {cache_dir(args.dir)}):")
         for entry in OFFICIAL.values():
-            print(f"  {entry.name:16s} top-1 {entry.top1:5.2f}%  {entry.params:>10,} params  {entry.url}")
+            score = f"top-1 {entry.top1:5.2f}%" if entry.top1 is not None else f"mAP {entry.map:5.2f}  "
+            print(f"  {entry.name:16s} {score}  {entry.params:>10,} params  {entry.url}")
         return 0
     for name in names:
         official(name)   # unknown names fail before anything is downloaded
@@ -22,7 +23,7 @@ def run(args) -> int:
 def add_parser(sub):
     p = sub.add_parser("download", help="download official weights into the cache (no names: list them)")
     p.add_argument("names", nargs="*", metavar="NAME", help="model name(s), e.g. mobilevit_xxs")
-    p.add_argument("--all", action="store_true", help="all ten official checkpoints")
+    p.add_argument("--all", action="store_true", help="all official checkpoints")
     p.add_argument("--dir", help="cache folder (default: $NPVIT_HOME or ~/.cache/npvit)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=run)

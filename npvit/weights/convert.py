@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from .keymap import to_npvit_names
+from .keymap_detection import detector_names
 from .reader import read_checkpoint
 from .registry import check_state, detect_model
 
@@ -24,7 +25,7 @@ class Converted:
 def convert_checkpoint(path, model: str | None = None) -> Converted:
     """Read ``path``, rename its keys to npvit's, find (or take) the model, check it strictly."""
     state = read_checkpoint(path)
-    layout, state = to_npvit_names(state)
+    layout, state = detector_names(state) or to_npvit_names(state)
     model = model or detect_model(state, source=str(path))
     check_state(state, model, source=str(path))
     # float32 is what the official files hold and what the models compute in by default

@@ -97,7 +97,8 @@ def detect_model(state: dict[str, np.ndarray], source: str = "checkpoint") -> st
         expected = expected_shapes(name)
         return sum(tuple(np.shape(v)) == expected.get(k) for k, v in state.items())
 
-    best = max(list_models(task="classification"), key=score)
+    task = "detection" if any(k.startswith("ssd_heads.") for k in state) else "classification"
+    best = max(list_models(task=task), key=score)
     if score(best) < 0.5 * len(expected_shapes(best)):
         raise NpvitError(f"{source} does not look like any MobileViT variant npvit knows "
                          f"(at best {score(best)} of {len(expected_shapes(best))} {best} tensors "
