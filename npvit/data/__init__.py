@@ -4,4 +4,4 @@ class names (`imagenet_classes`)."""
 from .image import IMAGE_EXTENSIONS, MIN_SIDE, example_image_path, image_files, load_image, to_rgb
 from .imagenet import ImageNetClass, imagenet_classes, wnid_to_index
 from .preprocess import (DEFAULT_CROP_SIZE, PIPELINES, Pipeline, check_input, default_pipeline,
-                         get_pipeline, preprocess, preprocess_batch)
+                         get_pipeline, preprocess, preprocess_batch, preprocess_resized)
