@@ -433,7 +433,7 @@ def write_markdown(path: Path, text: str) -> None:
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """The options, shared by ``npvit bench models`` and running this file directly."""
     p.add_argument("--models", nargs="+", default=["mobilevit_xxs", "mobilevitv2_050"],
-                   choices=npvit.list_models(task="classification"), metavar="MODEL",
+                   choices=npvit.list_models(), metavar="MODEL",
                    help="default: mobilevit_xxs mobilevitv2_050")
     p.add_argument("--size", type=int, default=256, help="image side (default 256)")
     p.add_argument("--batches", type=int, nargs="+", default=[1, 8], help="inference batch sizes")

@@ -234,7 +234,7 @@ def test_cvnets_v1_is_within_one_grey_level_of_opencv(size):
 
 def test_default_pipeline_per_family():
     from npvit.models import list_models
-    for name in list_models(task="classification"):
+    for name in list_models():
         expected = "cvnets-v2" if name.startswith("mobilevitv2") else "cvnets-v1"
         assert data.default_pipeline(name) == expected
     with pytest.raises(NpvitError, match="resnet50"):

@@ -5,7 +5,7 @@ import pytest
 import npvit
 from npvit.gradcheck import numeric_gradient
 
-ALL = npvit.list_models(task="classification")
+ALL = npvit.list_models()
 SMALL = ["mobilevit_xxs", "mobilevitv2_050"]
 
 # Published parameter counts of the official ImageNet-1k models (ml-cvnets model zoo / papers).

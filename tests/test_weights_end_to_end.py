@@ -32,7 +32,7 @@ def _assert_same_logits(torch, timm_model, name, npz, size):
 
 
 # Small images keep this affordable for ten variants; mobilevit_xxs also runs at 256x256.
-@pytest.mark.parametrize("name", list_models(task="classification"))
+@pytest.mark.parametrize("name", list_models())
 def test_official_layout_converts_without_torch_to_the_same_logits(torch, tmp_path, name):
     timm_model = random_timm_model(name, seed=11)
     checkpoint = tmp_path / "official.pt"

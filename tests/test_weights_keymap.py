@@ -12,7 +12,7 @@ from npvit.weights import check_state, detect_layout, detect_model, to_npvit_nam
 from official_layouts import cvnets_state_dict, hf_keys, hf_state_dict
 
 REFERENCE = Path(__file__).resolve().parents[2] / "shared" / "reference"
-MODELS = list_models(task="classification")
+MODELS = list_models()
 
 
 def _tsv(kind: str, name: str) -> list[list[str]]:

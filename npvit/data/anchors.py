@@ -102,9 +102,8 @@ def _anchor(entry, where: str) -> Anchor:
                          f"(fields: {', '.join(REQUIRED + OPTIONAL)})")
 
     model, url, pipeline = entry["model"], entry["image_url"], entry["preprocess"]
-    if model not in list_models(task="classification"):
-        raise NpvitError(f"{where}: unknown model {model!r}; choose one of "
-                         f"{', '.join(list_models(task='classification'))}")
+    if model not in list_models():
+        raise NpvitError(f"{where}: unknown model {model!r}; choose one of {', '.join(list_models())}")
     if not isinstance(url, str) or not PurePosixPath(urlsplit(url).path).name:
         raise NpvitError(f"{where}: image_url must be a URL ending in a file name, got {url!r}")
     if pipeline not in PIPELINES:

@@ -263,5 +263,14 @@ class SSDLite(Module):
         return f"{self.name!r}, {self.num_parameters():,} parameters"
 
 
-def build(name: str, dtype=np.float32) -> SSDLite:
-    return SSDLite(name, dtype=dtype)
+def create(name: str, pretrained=False, dtype=np.float32, seed=None) -> SSDLite:
+    """``npvit.create_model`` for a detection release: pretrained False, True (the official
+    weights from the cache) or a checkpoint path; seed makes the random init reproducible."""
+    if seed is not None:
+        from ..nn.init import manual_seed
+        manual_seed(seed)
+    model = SSDLite(name, dtype=dtype)
+    if pretrained:
+        from ..weights import load_pretrained
+        model.load_state_dict(load_pretrained(name, pretrained))
+    return model
