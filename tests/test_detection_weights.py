@@ -74,3 +74,19 @@ def test_official_layout_files_convert_without_torch_to_the_same_outputs(torch, 
         assert f"{name} {name} cvnets" in lines                   # the model was recognised
         assert relative_error(got[name + ".boxes"], boxes) < 1e-9
         assert relative_error(got[name + ".logits"], logits) < 1e-9
+
+
+def test_manifest_knows_the_eleven_files():
+    from npvit.models import list_models
+    from npvit.weights import DETECTION, official
+    assert list(DETECTION) == list_models("detection") == list(RELEASES)
+    counts = SHARED.parent / "counts.tsv"
+    urls = ({r[0]: r for r in (line.split("\t") for line in counts.read_text().splitlines())}
+            if counts.is_file() else None)
+    for name, entry in DETECTION.items():
+        assert official(name) is entry and entry.task == "detection"
+        assert entry.map == RELEASES[name].map and entry.url.endswith("/" + entry.file_name)
+        if urls is not None:
+            from test_detection_models import counts_row
+            row = urls[counts_row(name)]
+            assert (entry.url, entry.params, entry.map) == (row[10], int(row[2]), float(row[9]))
