@@ -12,7 +12,7 @@ from .errors import NpvitError
 
 # Order is the order in `npvit --help`.
 COMMANDS = ["predict", "eval", "models", "gradcheck", "convert", "download", "bench", "scoremap",
-            "finetune", "verify"]
+            "finetune", "verify", "segment"]
 
 
 def build_parser() -> argparse.ArgumentParser:

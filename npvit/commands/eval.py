@@ -1,4 +1,5 @@
 """``npvit eval DIR``: top-1 and top-5 accuracy on a folder of labelled ImageNet images.
+(For a segmentation release, or a PASCAL VOC / ADE20k folder: mIoU, npvit/segmentation/evaluate.py.)
 
 The class of each image comes from
   - an ImageFolder layout, DIR/<wnid>/<image> (e.g. DIR/n01440764/ILSVRC2012_val_00000293.JPEG):
@@ -87,6 +88,9 @@ class Tally:
 
 
 def run(args) -> int:
+    from ..segmentation import evaluate as segmentation_eval
+    if segmentation_eval.wanted(args):   # a segmentation release or a VOC / ADE20k folder
+        return segmentation_eval.run(args)
     if args.batch_size < 1:
         raise NpvitError(f"--batch-size must be at least 1, got {args.batch_size}")
     if args.limit is not None and args.limit < 1:
