@@ -161,6 +161,21 @@ def center_crop(pixels: np.ndarray, size: int) -> np.ndarray:
     return pixels[top:top + size, left:left + size]
 
 
+def preprocessed_box(box, image_size: tuple[int, int], crop_size: int = DEFAULT_CROP_SIZE,
+                     resize_size: int | None = None) -> np.ndarray:
+    """Where a box [x0, y0, x1, y1] in the pixels of a (width, height) image lands in the
+    network input that `preprocess` makes of it (same resize and crop), clipped to the
+    (crop_size x crop_size) input: float64 (4,), possibly empty (x1 <= x0) if cropped away."""
+    width, height = image_size
+    resize_size = crop_size + RESIZE_MARGIN if resize_size is None else resize_size
+    new_width, new_height = short_side_size(width, height, resize_size)
+    top, left = (new_height - crop_size) // 2, (new_width - crop_size) // 2
+    x0, y0, x1, y1 = np.asarray(box, np.float64)
+    scaled = np.array([x0 * new_width / width - left, y0 * new_height / height - top,
+                       x1 * new_width / width - left, y1 * new_height / height - top])
+    return np.clip(scaled, 0, crop_size)
+
+
 def preprocess(image: Image.Image, pipeline: str = "cvnets-v2",
                crop_size: int = DEFAULT_CROP_SIZE, resize_size: int | None = None) -> np.ndarray:
     """PIL image (any mode; `load_image` gives RGB) -> float32 (3, crop_size, crop_size) in
@@ -195,6 +210,8 @@ def check_input(x) -> np.ndarray:
     x = np.asarray(x)
     if x.ndim != 4 or x.shape[1] != 3:
         raise NpvitError(f"expected images of shape (N, 3, H, W), got {x.shape}")
+    if x.shape[0] == 0:
+        raise NpvitError(f"the batch is empty: shape {x.shape} holds no image")
     if min(x.shape[2:]) < MIN_SIDE:
         raise NpvitError(f"images must be at least {MIN_SIDE}x{MIN_SIDE} pixels, "
                          f"got {x.shape[2]}x{x.shape[3]}")

@@ -71,17 +71,27 @@ def _fits(key: str, shape: tuple, expected: tuple) -> bool:
     return shape == expected
 
 
-def mismatches(state: dict[str, np.ndarray], name: str) -> tuple[list, list, list]:
-    """(missing, unexpected, mis-shaped) keys of ``state`` against model ``name``."""
+def _shape(value) -> tuple:
+    """The shape of an array or of a tensor not yet read (reader.StoredTensor)."""
+    return tuple(value.shape)
+
+
+def mismatches(state: dict, name: str) -> tuple[list, list, list]:
+    """(missing, unexpected, mis-shaped) keys of ``state`` (arrays, or tensors not yet read)
+    against model ``name``."""
+    from ..models import MAX_CLASSES
     expected = expected_shapes(name)
     missing = [k for k in expected if k not in state and not _optional(k)]
     unexpected = [k for k in state if k not in expected]
-    wrong = [f"{k} {_fmt(np.shape(v))} (model: {_fmt(expected[k])})"
-             for k, v in state.items() if k in expected and not _fits(k, tuple(np.shape(v)), expected[k])]
-    if "head.fc.weight" in state and "head.fc.bias" in state and \
-            np.shape(state["head.fc.weight"])[0] != np.shape(state["head.fc.bias"])[0]:
-        wrong.append(f"head.fc.bias {_fmt(np.shape(state['head.fc.bias']))} (head.fc.weight has "
-                     f"{np.shape(state['head.fc.weight'])[0]} rows)")
+    wrong = [f"{k} {_fmt(_shape(v))} (model: {_fmt(expected[k])})"
+             for k, v in state.items() if k in expected and not _fits(k, _shape(v), expected[k])]
+    if "head.fc.weight" in state and "head.fc.bias" in state and not wrong:
+        rows, bias = _shape(state["head.fc.weight"])[0], _shape(state["head.fc.bias"])
+        if bias[0] != rows:
+            wrong.append(f"head.fc.bias {_fmt(bias)} (head.fc.weight has {rows} rows)")
+        elif not 1 <= rows <= MAX_CLASSES:
+            wrong.append(f"head.fc.weight {_fmt(_shape(state['head.fc.weight']))} "
+                         f"(1 to {MAX_CLASSES:,} classes)")
     return missing, unexpected, wrong
 
 
@@ -105,7 +115,7 @@ def detect_model(state: dict[str, np.ndarray], source: str = "checkpoint") -> st
 
     def score(name):
         expected = expected_shapes(name)
-        return sum(tuple(np.shape(v)) == expected.get(k) for k, v in state.items())
+        return sum(_shape(v) == expected.get(k) for k, v in state.items())
 
     best = max(segmentation_candidates(state) or list_models(), key=score)
     if score(best) < 0.5 * len(expected_shapes(best)):
@@ -118,7 +128,8 @@ def detect_model(state: dict[str, np.ndarray], source: str = "checkpoint") -> st
 def num_parameters(state: dict[str, np.ndarray]) -> int:
     """Parameters only: BatchNorm running statistics and step counters are buffers."""
     buffers = ("running_mean", "running_var", "num_batches_tracked")
-    return int(sum(np.size(v) for k, v in state.items() if not k.endswith(buffers)))
+    return int(sum(np.prod(_shape(v), dtype=np.int64) for k, v in state.items()
+                   if not k.endswith(buffers)))
 
 
 def _fmt(shape) -> str:
