@@ -17,7 +17,7 @@ import sys
 import numpy as np
 from tqdm import tqdm
 
-from ..data import DEFAULT_CROP_SIZE, load_image
+from ..data import load_image
 from ..errors import NpvitError
 from ..inference import load_model
 from ..models import list_models
@@ -48,9 +48,9 @@ def _check_model(name: str, dataset: str, directory) -> None:
 
 
 def run(args) -> int:
-    if args.size != DEFAULT_CROP_SIZE or args.preprocess != "cvnets":
-        raise NpvitError("--size and --preprocess apply to classification; a segmentation "
-                         "release is evaluated with its own preprocessing")
+    if args.size is not None or args.preprocess is not None or args.confusion is not None:
+        raise NpvitError("--size, --preprocess and --confusion apply to classification; a "
+                         "segmentation release is evaluated with its own preprocessing")
     if args.limit is not None and args.limit < 1:
         raise NpvitError(f"--limit must be at least 1, got {args.limit}")
     dataset, pairs = labelled_pairs(args.directory)
