@@ -227,3 +227,56 @@ def test_class_tables_are_the_reference_lists():
     assert [(int(c), int(v), n) for c, v, n in rows] == [tuple(c) for c in ade]
     rows = [line.split("\t") for line in (DENSE / "labels_voc.tsv").read_text().splitlines()[1:]]
     assert [n for _, n in rows] == [c.name for c in voc]
+
+
+def test_verify_reproduces_a_segmentation_anchor_made_by_hugging_face(torch, tmp_path):
+    """An HF-layout DeepLabv3 (random weights and BN statistics) saved with torch.save; the
+    anchor is its logits[0, :3, :3, :3] on HF's own MobileViTImageProcessor (short side 544, crop
+    512, bilinear, BGR) output, as the published anchors are; npvit verify must PASS without
+    torch, and FAIL when one value moves by 1e-2."""
+    transformers = pytest.importorskip("transformers")
+    from test_segmentation_models import _hf_segmenter
+    from npvit.models.segmentation import RELEASES
+    hf = _hf_segmenter(torch, RELEASES[VOC_MODEL], "float32")
+    torch.save(hf.state_dict(), tmp_path / "hf_xxs.pt")
+    image = tmp_path / "made.png"
+    _photo(5, 300, 420).save(image)
+    processor = transformers.MobileViTImageProcessor(
+        size={"shortest_edge": 544}, crop_size={"height": 512, "width": 512},
+        resample=Image.Resampling.BILINEAR)
+    pixels = processor(images=Image.open(image).convert("RGB"), return_tensors="pt")["pixel_values"]
+    with torch.no_grad():
+        logits = hf(pixel_values=pixels).logits[0].numpy()
+    assert logits.shape == (21, 32, 32)
+    indices = [c * 1024 + i * 32 + j for c in range(3) for i in range(3) for j in range(3)]
+    entry = {"model": VOC_MODEL, "image_url": "http://example.invalid/made.png", "preprocess": "hf",
+             "crop_size": 512, "resize_size": 544, "logit_indices": indices,
+             "values": [float(logits.reshape(-1)[i]) for i in indices], "tolerance": 1e-4}
+    for shift, code, verdict in ((0.0, 0, "PASS"), (1e-2, 1, "FAIL")):
+        moved = dict(entry, values=[v + (shift if k == 4 else 0.0) for k, v in enumerate(entry["values"])])
+        anchors = tmp_path / "anchors.json"
+        anchors.write_text(json.dumps({"anchors": [moved]}))
+        out = run_without_torch(["-m", "npvit", "verify", "--weights", str(tmp_path / "hf_xxs.pt"),
+                                 "--anchors", str(anchors), "--image", str(image)], tmp_path / "hook")
+        assert out.returncode == code, out.stdout + out.stderr
+        row = next(line for line in out.stdout.splitlines() if line.startswith(VOC_MODEL + " "))
+        assert row.endswith(verdict), row
+    assert blocked_imports(tmp_path / "hook") == []
+
+
+def test_the_published_segmentation_anchors_are_the_hf_v1_script_values():
+    from npvit.data.anchors import load_anchors
+    from test_segmentation_models import DENSE
+    anchors = [a for a in load_anchors() if a.model in npvit.list_models("segmentation")]
+    assert sorted(a.model for a in anchors) == sorted(
+        f"deeplabv3_mobilevit_{v}_voc" for v in ("xxs", "xs", "s"))
+    assert all(a.crop_size == 512 and a.resize_size == 544 and a.preprocess == "hf" for a in anchors)
+    assert not any("mobilevitv2" in a.model for a in anchors)     # HF's v2 port is undilated
+    if DENSE is None:
+        pytest.skip("../shared/reference/dense is absent")
+    rows = [line.split("\t") for line in (DENSE / "hf" / "expected_logits.tsv").read_text().splitlines()[1:]]
+    script = {r[0].split(" -> ")[0]: json.loads(r[7]) for r in rows if "convert_mlcvnets" in r[1]
+              and r[0].startswith("deeplabv3_")}
+    for a in anchors:
+        published = np.array(script[a.model.removesuffix("_voc")]).reshape(-1)
+        np.testing.assert_array_equal(np.array(a.values), published)
