@@ -1,5 +1,6 @@
 """``npvit eval DIR``: top-1 and top-5 accuracy on a folder of labelled images: ImageNet's, or
-the classes of a fine-tuned model.
+the classes of a fine-tuned model. (For a segmentation release, or a PASCAL VOC / ADE20k
+folder: mIoU, npvit/segmentation/evaluate.py.)
 
 A fine-tuned model (--weights run/model.npz, written by `npvit finetune`) names its classes:
 DIR/<class>/ folders must be named as they are (a class may have no folder). The report adds
@@ -144,6 +145,9 @@ def run(args) -> int:
     if is_coco_folder(args.directory):          # COCO layout: detection mAP (detection/evaluate.py)
         from ..detection.evaluate import run as run_detection
         return run_detection(args)
+    from ..segmentation import evaluate as segmentation_eval
+    if segmentation_eval.wanted(args):   # a segmentation release or a VOC / ADE20k folder
+        return segmentation_eval.run(args)
     if args.batch_size < 1:
         raise NpvitError(f"--batch-size must be at least 1, got {args.batch_size}")
     if args.limit is not None and args.limit < 1:
