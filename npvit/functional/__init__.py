@@ -9,7 +9,8 @@ from .attention import (linformer_attention_backward, linformer_attention_forwar
 from .conv import col2im, conv2d_backward, conv2d_forward, im2col
 from .linear import linear_backward, linear_forward
 from .loss import (cross_entropy_backward, cross_entropy_forward, log_softmax,
-                   pixel_cross_entropy_backward, pixel_cross_entropy_forward)
+                   pixel_cross_entropy_backward, pixel_cross_entropy_forward,
+                   smooth_l1_backward, smooth_l1_forward)
 from .norm import (batchnorm2d_backward, batchnorm2d_forward, fold_batchnorm, groupnorm_backward,
                    groupnorm_forward, layernorm_backward, layernorm_forward)
 from .patches import (fold_v1, fold_v1_backward, fold_v1_forward, fold_v2, fold_v2_backward,
