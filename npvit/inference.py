@@ -98,8 +98,8 @@ def load_model(name: str | None = None, weights=None, fallback_random: bool = Fa
     """(model in eval mode, one line saying where its weights came from); see the module
     docstring for the order. ``name`` may be None when ``weights`` is given: the variant is then
     detected from the checkpoint's keys and shapes. ``seed`` fixes the random weights."""
-    if name is not None and name not in list_models():
-        raise NpvitError(f"unknown model {name!r}; choose one of {', '.join(list_models())}")
+    if name is not None and name not in list_models("all"):
+        raise NpvitError(f"unknown model {name!r}; choose one of {', '.join(list_models('all'))}")
     if weights is not None:
         loaded = load_model_file(weights, model=name)   # a file of another variant: one line
         model = create_model(loaded.model, num_classes=loaded.num_classes)

@@ -41,7 +41,7 @@ from tqdm import tqdm
 
 from ..data import (DEFAULT_CROP_SIZE, MIN_SIDE, image_files, imagenet_classes, load_image,
                     preprocess, wnid_to_index)
-from ..errors import NpvitError
+from ..errors import NpvitError, error_line
 from ..inference import (DEFAULT_MODEL, PREPROCESS_CHOICES, check_size, class_names, classify,
                          load_model, model_file_settings, pipeline_for)
 from .options import add_model_and_weights
@@ -175,7 +175,7 @@ def run(args) -> int:
                 labels.append(label)
             except NpvitError as e:
                 message = str(e) if str(e).startswith(str(path)) else f"{path}: {e}"
-                tqdm.write(f"npvit: error: {message}", file=sys.stderr)
+                tqdm.write(error_line(message), file=sys.stderr)
                 skipped += 1
             if batch and (len(batch) == args.batch_size or i == len(samples) - 1):
                 tally.add(classify(model, np.stack(batch)), np.array(labels))

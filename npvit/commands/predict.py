@@ -26,13 +26,13 @@ import json
 import sys
 
 from ..data import DEFAULT_CROP_SIZE, example_image_path, load_image, preprocess
-from ..errors import NpvitError
+from ..errors import NpvitError, error_line
 from ..inference import (DEFAULT_MODEL, PREPROCESS_CHOICES, RANDOM_WEIGHTS, check_size,
                          class_names, classify, load_model, model_file_settings, pipeline_for,
                          top_k)
 from ..models import list_models
 from ..weights import cache_dir
-from .options import add_model_and_weights
+from .options import add_model_and_weights, check_seed
 
 
 class _LazyModel:
@@ -71,6 +71,7 @@ def run(args) -> int:
         raise NpvitError(f"unknown model {args.model!r}; choose one of {', '.join(list_models())}")
     if args.weights is None and args.model is None:
         args.model = DEFAULT_MODEL
+    check_seed(args.seed)
     _, args.preprocess, args.size, resize = model_file_settings(args.weights, args.preprocess,
                                                                 args.size)
     if args.topk < 1:
@@ -88,7 +89,7 @@ def run(args) -> int:
         try:
             image = load_image(image_path)
         except NpvitError as e:   # one line naming the file; carry on with the next one
-            print(f"npvit: error: {e}", file=sys.stderr)
+            print(error_line(e), file=sys.stderr)
             failures += 1
             continue
         model = lazy.get()
@@ -96,7 +97,7 @@ def run(args) -> int:
         try:
             x = preprocess(image, pipeline, crop_size=args.size, resize_size=resize)[None]
         except NpvitError as e:   # e.g. a panorama too elongated to resize
-            print(f"npvit: error: {image_path}: {e}", file=sys.stderr)
+            print(error_line(f"{image_path}: {e}"), file=sys.stderr)
             failures += 1
             continue
         rows = top_k(classify(model, x)[0], args.topk, lazy.class_names)

@@ -30,6 +30,7 @@ from ..data.synthetic import read_boxes
 from ..errors import NpvitError
 from ..inference import (DEFAULT_MODEL, RANDOM_WEIGHTS, check_size, class_names, load_model,
                          missing_weights_message, model_file_settings)
+from .options import check_seed
 
 
 def run(args) -> int:
@@ -41,6 +42,7 @@ def run(args) -> int:
         args.model = DEFAULT_MODEL
     box = _image_box(args)      # before any work: a bad box or boxes file is one line
     # Weights as `npvit predict` finds them (--weights, else the cache), else random ones.
+    check_seed(args.seed)
     if args.model is not None:
         check_size(args.model, args.size, capture=True)
     model, source = load_model(args.model, args.weights, fallback_random=True, seed=args.seed)

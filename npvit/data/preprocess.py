@@ -210,6 +210,8 @@ def check_input(x) -> np.ndarray:
     x = np.asarray(x)
     if x.ndim != 4 or x.shape[1] != 3:
         raise NpvitError(f"expected images of shape (N, 3, H, W), got {x.shape}")
+    if x.shape[0] == 0:
+        raise NpvitError(f"the batch is empty: shape {x.shape} holds no image")
     if min(x.shape[2:]) < MIN_SIDE:
         raise NpvitError(f"images must be at least {MIN_SIDE}x{MIN_SIDE} pixels, "
                          f"got {x.shape[2]}x{x.shape[3]}")
