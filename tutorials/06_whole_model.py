@@ -434,7 +434,7 @@ import numpy as np
 import npvit
 from npvit import train
 from npvit.gradcheck import relative_error
-from tutorial_setup import FAST, optional_torch, plt, save_figure, skip_without_torch
+from tutorial_setup import FAST, optional_torch, plt, show, skip_without_torch
 
 rng = np.random.default_rng(0)
 NAME = "mobilevitv2_050"
@@ -592,7 +592,7 @@ ax_loss.axhline(loss_before, color="gray", ls="--", label="dataset loss before")
 ax_loss.axhline(loss_after, color="tab:green", ls="--", label="dataset loss after")
 ax_loss.set(xlabel="step", ylabel="cross-entropy", title=f"{NAME}, AdamW + warm-up cosine")
 ax_loss.legend(fontsize=8)
-save_figure(fig, "06_training_loss.png")
+show(fig, "06_training_loss")
 
 # %% [markdown]
 # **Summary.** `npvit.create_model("mobilevitv2_050")` has the published 1,370,593
