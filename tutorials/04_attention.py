@@ -18,8 +18,9 @@
 # express, counts their operations, measures their memory, and redraws the paper's Fig. 1
 # (latency against k) with honest timings.
 #
-# Set `NPVIT_FIG1_FULL=1` to time the paper's full range k = 256 ... 16384 (minutes, and
-# MHA needs many GiB at the top); by default a small range runs in seconds.
+# Set `NPVIT_FIG1_FULL=1` to time the paper's full range k = 256 ... 16384 (at the top, MHA's
+# (h, k, k) float32 scores alone are 8 x 16384^2 x 4 bytes = 8 GiB); by default a small
+# range runs.
 
 # %%
 import os
