@@ -164,7 +164,8 @@ def mha_backward_by_hand(dy, cache):
 g = rng.standard_normal(y_mha.shape)
 by_hand = [mha_backward_by_hand(g[b], mha_forward_by_hand(x[b], **mha_params, h=h)[1])
            for b in range(2)]
-ours = (np.stack([by_hand[0][0], by_hand[1][0]]),) + tuple(a + b for a, b in zip(by_hand[0][1:], by_hand[1][1:]))
+ours = (np.stack([by_hand[0][0], by_hand[1][0]]),                      # dx per sample
+        *(a + b for a, b in zip(by_hand[0][1:], by_hand[1][1:])))      # parameters: summed
 npvit_grads = F.multi_head_attention_backward(g, mha_cache)
 errs = [relative_error(a, b) for a, b in zip(ours, npvit_grads)]
 print("MHA backward by hand vs npvit (dx, dW_qkv, db_qkv, dW_proj, db_proj):",
@@ -248,11 +249,13 @@ mha_attention = mha_cache["attention"][0, 0]
 print("rank of the k x k weights: MHA", np.linalg.matrix_rank(mha_attention),
       "| separable as an attention matrix", np.linalg.matrix_rank(as_attention))
 assert np.linalg.matrix_rank(as_attention) == 1 and np.linalg.matrix_rank(mha_attention) == k
-_, _, key_, v_, attention_, o_, _, _ = mha_forward_by_hand(x[0], **mha_params, h=h)[1]
+mha_sample_cache = mha_forward_by_hand(x[0], **mha_params, h=h)[1]
+values, head_outputs = mha_sample_cache[3], mha_sample_cache[5]        # V and O, (k, d) each
 for j in range(h):   # each head's output lies within the range of its values, channel by channel
     cols = slice(j * d // h, (j + 1) * d // h)
-    assert np.all(o_[:, cols] >= v_[:, cols].min(axis=0) - 1e-12)
-    assert np.all(o_[:, cols] <= v_[:, cols].max(axis=0) + 1e-12)
+    assert np.all(head_outputs[:, cols] >= values[:, cols].min(axis=0) - 1e-12)
+    assert np.all(head_outputs[:, cols] <= values[:, cols].max(axis=0) + 1e-12)
+print("every MHA head output lies within the range of its values (a convex combination)")
 
 # %% [markdown]
 # ### Its backward, written out
