@@ -348,9 +348,10 @@ assert abs(kink_errors[0] - 1 / 3) < 0.01 and kink_errors[1] < 1e-3
 # scores (how much each token contributes to the shared context).
 
 # %%
-fig, (ax0, ax1) = plt.subplots(1, 2, figsize=(10.5, 4), gridspec_kw={"width_ratios": [1.15, 1.3]})
+fig, (ax0, ax1) = plt.subplots(1, 2, figsize=(12, 4.2), gridspec_kw={"width_ratios": [1.15, 1.3]},
+                               layout="constrained")
 im = ax0.imshow(mha_attention, cmap="viridis", vmin=0)
-fig.colorbar(im, ax=ax0, label="attention weight (each row sums to 1)", shrink=0.85)
+fig.colorbar(im, ax=ax0, label="weight (rows sum to 1)", shrink=0.85)
 ax0.set(title=f"MHA: attention weights A, head 0 ({k} x {k})", xlabel="key token",
         ylabel="query token")
 ax1.bar(range(k), c_s, color="tab:orange")
