@@ -58,9 +58,10 @@ FIG1_FULL = os.environ.get("NPVIT_FIG1_FULL", "") not in ("", "0")
 # So `ds = y * (dy - sum(dy * y))`: O(k) per row instead of building the (k x k) Jacobian.
 # Below: the Jacobian from the formula against one built column by column with finite
 # differences, and the O(k) product against the Jacobian and against npvit's `softmax_backward`.
-# (`relative_error` in tutorials 4-8 is npvit's `max |a - b| / max(|a|, |b|)` over the whole
-# array, the number `check_gradients` reports: scale-free, so entries that are nearly zero do
-# not turn rounding noise into a large error, as tutorial 1's element-wise version can.)
+# (`relative_error` in tutorials 4, 5, 6 and 8 is npvit's `max |a - b| / max(|a|, |b|)` over
+# the whole array, the number `check_gradients` reports: scale-free, so entries that are
+# nearly zero do not turn rounding noise into a large error, as tutorial 1's element-wise
+# version can.)
 
 # %%
 def softmax(s):

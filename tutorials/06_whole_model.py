@@ -101,7 +101,8 @@ print("two backward passes, no zero_grad: weight.grad == g_a^T x_a + g_b^T x_b")
 # overwritten. The parameter can be shared.) Here with the backward order written out:
 
 # %%
-first, second = npvit.nn.Linear(3, 3, bias=False, dtype=np.float64), npvit.nn.Linear(3, 3, bias=False, dtype=np.float64)
+first = npvit.nn.Linear(3, 3, bias=False, dtype=np.float64)
+second = npvit.nn.Linear(3, 3, bias=False, dtype=np.float64)
 second.weight = first.weight                    # one Parameter, used twice
 tiny = npvit.nn.Sequential(first, npvit.nn.SiLU(), second)
 x_s = rng.standard_normal((4, 3))
@@ -113,8 +114,9 @@ for layer in reversed(list(tiny)):              # what Sequential.backward does
     dy = layer.backward(dy)
 w = first.weight
 num, idx = numeric_gradient(lambda: tiny.forward(x_s), w.data, g_s)
-print(f"shared weight: accumulated gradient vs finite differences {relative_error(w.grad.reshape(-1)[idx], num):.1e}")
-assert relative_error(w.grad.reshape(-1)[idx], num) < 1e-8
+err = relative_error(w.grad.reshape(-1)[idx], num)
+print(f"shared weight: accumulated gradient vs finite differences {err:.1e}")
+assert err < 1e-8
 
 # %% [markdown]
 # ### SiLU
@@ -249,9 +251,11 @@ g_h = rng.standard_normal((2, 5))
 head.zero_grad()
 head(x_h)
 dx_module = head.backward(g_h)
-dx_hand, dw_hand, db_hand = head_backward_by_hand(g_h, head_forward_by_hand(x_h, head.fc.weight.data, head.fc.bias.data)[1])
+_, head_cache = head_forward_by_hand(x_h, head.fc.weight.data, head.fc.bias.data)
+dx_hand, dw_hand, db_hand = head_backward_by_hand(g_h, head_cache)
 forward, backward = wrap_op(head_forward_by_hand, head_backward_by_hand, ["x", "w", "b"])
-fd = check_gradients(forward, backward, {"x": x_h, "w": head.fc.weight.data.copy(), "b": head.fc.bias.data.copy()})
+fd = check_gradients(forward, backward,
+                     {"x": x_h, "w": head.fc.weight.data.copy(), "b": head.fc.bias.data.copy()})
 err_npvit = max(relative_error(dx_hand, dx_module), relative_error(dw_hand, head.fc.weight.grad),
                 relative_error(db_hand, head.fc.bias.grad))
 print(f"head by hand vs ClassifierHead {err_npvit:.0e}; vs finite differences",
