@@ -353,6 +353,39 @@ if torch is None:
     skip_without_torch("the comparison of SiLU, cross-entropy and AdamW with PyTorch")
 
 # %% [markdown]
+# ### Accumulating micro-batches, and why BatchNorm breaks it
+#
+# Accumulation also lets a training step see a batch too big for memory: run it in
+# micro-batches, call `backward` on each without `zero_grad`, and the gradients add up. For a
+# mean loss, scaling each micro-batch's `dL/dz` by its share of the batch makes the sum equal
+# the full batch's gradient — exactly, as long as the samples do not interact. BatchNorm in
+# training mode makes them interact: it normalises with the statistics *of the batch it sees*,
+# so two half-batches are normalised differently from the whole one. In eval mode (running
+# statistics) the equality is exact again. A small network (inverted residual + head),
+# 8 images, as one batch and as two micro-batches of 4:
+
+# %%
+small = npvit.nn.Sequential(InvertedResidual(8, 8, dtype=np.float64), ClassifierHead(8, 3, dtype=np.float64))
+x_mb, y_mb = rng.standard_normal((8, 8, 5, 5)), rng.integers(0, 3, 8)
+
+
+def gradients(micro_batches, training):
+    """Every parameter gradient of the mean loss over x_mb, accumulated over micro-batches."""
+    small.train(training)
+    small.zero_grad()
+    for part in np.array_split(np.arange(len(x_mb)), micro_batches):
+        _, cache = F.cross_entropy_forward(small(x_mb[part]), y_mb[part])
+        small.backward(F.cross_entropy_backward(cache) * len(part) / len(x_mb))   # its share
+    return np.concatenate([p.grad.ravel() for p in small.parameters()])
+
+
+for training in (False, True):
+    err = relative_error(gradients(2, training), gradients(1, training))
+    print(f"{'training' if training else 'eval'} mode: two micro-batches vs one batch, relative error {err:.1e}")
+    assert err < 1e-12 if not training else err > 1e-3
+small.eval()
+
+# %% [markdown]
 # ### Exercises
 #
 # Fill in a function and run the cell after it; the checker compares your answer with npvit,
