@@ -31,7 +31,7 @@ import numpy as np
 @dataclass
 class Op:
     name: str           # what the code computes, e.g. "scores = q k^T"
-    kind: str           # linear | matmul | softmax | elementwise | reduction | copy
+    kind: str           # linear | conv | matmul | softmax | elementwise | reduction | copy
     macs: int
     elementwise: int
     shape: tuple
@@ -124,3 +124,10 @@ def copy(name: str, out: np.ndarray) -> None:
     """A data movement that allocated ``out`` (e.g. merging heads back into tokens)."""
     if _active is not None:
         _active.record(name, "copy", out)
+
+
+def conv(name: str, w: np.ndarray, out: np.ndarray) -> None:
+    """A k x k convolution (weight (C_out, C_in/groups, kh, kw)) produced ``out``: every output
+    element is a dot product over C_in/groups * kh * kw inputs (a depthwise conv: kh * kw)."""
+    if _active is not None:
+        _active.record(name, "conv", out, macs=out.size * w.shape[1] * w.shape[2] * w.shape[3])
