@@ -17,12 +17,16 @@ What is counted, per reported operation:
   and normalisation of a softmax counted once per element, ReLU, products), and one per element
   a reduction reads (a sum over N of a (B, d, P, N) array is B*d*P*N additions).
 * the output array's shape and bytes; the largest of these over the pass is the
-  "largest intermediate buffer".
+  "largest intermediate buffer";
+* ``seconds`` — wall time since the previous report (or since the block began): as each report
+  follows its operation, this times the operation (plus any unreported work just before it,
+  such as a view turned into a copy), which makes the counter a per-operation profiler.
 Views (reshape, slicing, transpose without a copy) do no work and are not reported.
 """
 from __future__ import annotations
 
 import contextlib
+import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -36,6 +40,7 @@ class Op:
     elementwise: int
     shape: tuple
     nbytes: int
+    seconds: float = 0.0
 
 
 class OpCounter:
@@ -43,9 +48,13 @@ class OpCounter:
 
     def __init__(self):
         self.ops: list[Op] = []
+        self._clock = time.perf_counter()
 
     def record(self, name: str, kind: str, out: np.ndarray, macs: int = 0, elementwise: int = 0):
-        self.ops.append(Op(name, kind, int(macs), int(elementwise), tuple(out.shape), int(out.nbytes)))
+        now = time.perf_counter()
+        self.ops.append(Op(name, kind, int(macs), int(elementwise), tuple(out.shape), int(out.nbytes),
+                           now - self._clock))
+        self._clock = now
 
     @property
     def macs(self) -> int:
