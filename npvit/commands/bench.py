@@ -135,7 +135,11 @@ def run_attention_zoo(args) -> int:
     thread for real (threadpoolctl), warm-up, medians, a per-operation time table at k = 256."""
     import time
 
-    from threadpoolctl import threadpool_limits
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:
+        raise NpvitError("npvit bench attention --units all needs threadpoolctl to pin the BLAS "
+                         "threads: pip install threadpoolctl (or the [bench] extra)") from None
 
     from ..bench import attention_zoo as zoo
 
