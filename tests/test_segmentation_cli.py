@@ -280,3 +280,28 @@ def test_the_published_segmentation_anchors_are_the_hf_v1_script_values():
     for a in anchors:
         published = np.array(script[a.model.removesuffix("_voc")]).reshape(-1)
         np.testing.assert_array_equal(np.array(a.values), published)
+
+
+def test_download_fetches_converts_and_loads_a_segmentation_release(torch, tmp_path, monkeypatch, server):
+    import dataclasses
+    import io
+    from dense_reference import official_state_dict, reference_segmenter
+    from npvit.cli import main
+    from npvit.models.segmentation import RELEASES
+    from npvit.weights import SEGMENTATION
+    ref = reference_segmenter(RELEASES[VOC_MODEL], seed=2, dtype="float32")
+    buffer = io.BytesIO()
+    torch.save(official_state_dict(ref), buffer)
+    entry = SEGMENTATION[VOC_MODEL]
+    server.files["/seg/" + entry.file_name] = buffer.getvalue()
+    monkeypatch.setitem(SEGMENTATION, VOC_MODEL,
+                        dataclasses.replace(entry, url=server.url + "/seg/" + entry.file_name))
+    monkeypatch.setenv("NPVIT_HOME", str(tmp_path / "cache"))
+    assert main(["download", VOC_MODEL, "-q"]) == 0
+    assert sorted(p.name for p in (tmp_path / "cache").iterdir()) == sorted(
+        [entry.file_name, f"{VOC_MODEL}.npz"])
+    model = npvit.create_model(VOC_MODEL, pretrained=True).eval()
+    x = np.random.default_rng(1).random((1, 3, 64, 96)).astype(np.float32)
+    with torch.no_grad():
+        expected = ref(torch.from_numpy(x))[0].numpy()
+    assert np.abs(model(x) - expected).max() <= 1e-4

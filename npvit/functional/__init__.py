@@ -6,6 +6,11 @@ from .activation import (dropout2d_forward, dropout_backward, dropout_forward, g
 from .attention import (linformer_attention_backward, linformer_attention_forward,
                         multi_head_attention_backward, multi_head_attention_forward,
                         separable_attention_backward, separable_attention_forward)
+from .attention_zoo import (biased_attention_backward, biased_attention_forward,
+                            cascaded_group_attention_backward, cascaded_group_attention_forward,
+                            lookup_cross_attention_backward, lookup_cross_attention_forward,
+                            mpc_attention_backward, mpc_attention_forward, relative_position_index,
+                            tinyvit_attention_backward, tinyvit_attention_forward)
 from .conv import col2im, conv2d_backward, conv2d_forward, im2col
 from .linear import linear_backward, linear_forward
 from .loss import (cross_entropy_backward, cross_entropy_forward, log_softmax,
@@ -20,3 +25,5 @@ from .pool import (adaptive_avg_pool_backward, adaptive_avg_pool_forward, adapti
                    global_avg_pool_backward, global_avg_pool_forward)
 from .resize import (interpolation_matrix, resize_bilinear_backward, resize_bilinear_forward,
                      resize_nearest)
+from .windows import (window_merge, window_merge_backward, window_merge_forward, window_partition,
+                      window_partition_backward, window_partition_forward)

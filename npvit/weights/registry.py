@@ -70,8 +70,6 @@ def _fits(key: str, shape: tuple, expected: tuple) -> bool:
         return len(shape) == 2 and shape[1] == expected[1]
     if key == "head.fc.bias":
         return len(shape) == 1
-    if key.startswith(("head.classifier.", "aux_head.classifier.")):  # segmentation: any classes
-        return len(shape) == len(expected) and shape[1:] == expected[1:]
     return shape == expected
 
 
