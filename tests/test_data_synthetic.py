@@ -82,7 +82,8 @@ def test_written_folder_reads_back_as_image_folder_masks_and_boxes(tmp_path):
 
 def test_bad_arguments_are_one_line(tmp_path):
     for kwargs in ({"n": 0}, {"n": 2, "size": 16}, {"n": 2, "num_classes": 1},
-                   {"n": 2, "num_classes": len(SHAPES) + 1}, {"n": 2, "seed": -1}):
+                   {"n": 2, "num_classes": len(SHAPES) + 1}, {"n": 2, "seed": -1},
+                   {"n": 10**6, "size": 1024}):
         with pytest.raises(NpvitError):
             make_synthetic(**kwargs)
     (tmp_path / "boxes.json").write_text("{}")

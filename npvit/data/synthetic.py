@@ -56,6 +56,7 @@ OBJECT_GRAIN = 12             # max. per-channel deviation of object pixels from
 FIELD_SPREAD = 50             # the background's smooth colour field: a base colour +- this
 BACKGROUND_GRAIN = 12         # per-pixel noise of the background
 DISTRACTORS = (3, 8)          # how many small distractors (lines, discs, rectangles): 3 to 7
+MAX_BYTES = 2 << 30           # a set is held in memory: refuse one larger than this
 CONTRAST = 100                # min. max-channel distance of the object colour to the field's base
 
 
@@ -89,6 +90,11 @@ def make_synthetic(n: int, size: int = 64, num_classes: int = 4, seed: int = 0) 
         raise NpvitError(f"synthetic images need a side of at least {MIN_SIDE} px, got {size}")
     if seed < 0:
         raise NpvitError(f"the seed must be >= 0, got {seed}")
+    need = n * size * size * 4          # images (3 bytes a pixel) and masks (1), all in memory
+    if need > MAX_BYTES:
+        raise NpvitError(f"{n} synthetic images of {size}x{size} would take {need / 2**30:.1f} "
+                         f"GiB of memory (the limit is {MAX_BYTES / 2**30:.0f} GiB); make fewer "
+                         f"or smaller images")
     names = class_names_for(num_classes)
     images = np.empty((n, size, size, 3), np.uint8)
     masks = np.empty((n, size, size), np.uint8)
