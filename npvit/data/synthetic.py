@@ -28,7 +28,7 @@ first m images of ``make_synthetic(n)`` are those of ``make_synthetic(m)``, bit 
 
 The box is the mask's bounding box, in pixel EDGES: ``x0, y0`` = the first object column / row,
 ``x1, y1`` = one past the last (so ``masks[i, y0:y1, x0:x1]`` holds the whole object and
-``x1 - x0`` is its width in pixels), the convention of COCO-style xyxy boxes.
+``x1 - x0`` is its width in pixels), as torchvision's xyxy boxes.
 """
 from __future__ import annotations
 
@@ -56,8 +56,8 @@ OBJECT_GRAIN = 12             # max. per-channel deviation of object pixels from
 FIELD_SPREAD = 50             # the background's smooth colour field: a base colour +- this
 BACKGROUND_GRAIN = 12         # per-pixel noise of the background
 DISTRACTORS = (3, 8)          # how many small distractors (lines, discs, rectangles): 3 to 7
-MAX_BYTES = 2 << 30           # a set is held in memory: refuse one larger than this
 CONTRAST = 100                # min. max-channel distance of the object colour to the field's base
+MAX_BYTES = 2 << 30           # a set is held in memory: refuse one larger than this
 
 
 @dataclass
