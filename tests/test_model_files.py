@@ -5,7 +5,6 @@ are one line each."""
 import json
 import os
 import re
-from pathlib import Path
 
 import numpy as np
 import pytest
