@@ -90,9 +90,7 @@ def _named_class_folders(root: Path, folders: list[Path], class_names: list[str]
     if not folders or unknown:
         found = (f"{root}/{unknown[0]} is not one of them ({len(unknown)} folders are not)"
                  if unknown else f"{root} has no sub-folders")
-        hint = ""
-        if any((root / split).is_dir() for split in ("val", "test")) and "val" in unknown:
-            hint = f"; did you mean {root / 'val'}?"
+        hint = f"; did you mean {root / 'val'}?" if "val" in unknown else ""   # a train/val root
         raise NpvitError(f"the model's classes are {listing}: put each class's images in "
                          f"DIR/<class>/; {found}{hint}")
     return [(f, index[p.name]) for p in folders for f in image_files(p)]
