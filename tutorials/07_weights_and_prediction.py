@@ -315,14 +315,15 @@ dx64 = model64.backward(upstream)
 # The check differentiates sum(z * upstream), whose gradient is model.backward(upstream): the
 # input gradient of the loss, up to the scale. A randomly initialised network barely reacts to
 # one pixel (|dx| ~ 1e-6), so the usual step h = 1e-6 would measure mostly rounding error; the
-# step is 1e-3 of the [0, 1] pixel range instead. The error is scaled by the largest entry
-# (npvit.check_gradients' measure): cs231n's elementwise one is dominated by the near-zero
-# pixels here.
+# step is 1e-3 of the [0, 1] pixel range instead, and the separable attention's ReLU(V) has
+# kinks that such a step can cross, so the check allows 1e-4 (a wrong backward is off by
+# O(1)). The error is scaled by the largest entry (npvit.check_gradients' measure): cs231n's
+# elementwise one is dominated by the near-zero pixels here.
 num, idx = numeric_gradient(lambda: model64(x64), x64, upstream, h=1e-3, max_coords=4 if FAST else 12)
 err = scaled_error(dx64.reshape(-1)[idx], num)
 print(f"dL/dz by hand vs finite differences and npvit: ok; dL/dx through {NAME} (float64, 64x64) "
       f"vs finite differences on {idx.size} pixels: relative error {err:.1e} (scaled by the largest)")
-assert err < 1e-5
+assert err < 1e-4
 
 fig, axes = plt.subplots(1, 2, figsize=(7.5, 3.6), layout="constrained")
 axes[0].imshow(as_rgb(x_sal[0], pipeline))
@@ -592,5 +593,8 @@ exercises.check(transformer_layer_params, check_transformer_layer_params)
 # **Summary.** A checkpoint is a dict of arrays under some naming scheme; npvit reads the
 # official torch zip format without torch, renames ml-cvnets (or Hugging Face) keys to timm's,
 # checks every shape, and stores `.npz`. The models were evaluated on 256x256 centre crops in
-# [0, 1] — v2 with PIL bicubic in RGB, v1 with OpenCV bilinear in BGR. Next: where the
-# separable attention looks.
+# [0, 1] — v2 with PIL bicubic in RGB, v1 with OpenCV bilinear in BGR. The loss gradient
+# `p - onehot` goes back through the whole model to the pixels. Per stage, v2 trades v1's
+# quadratic attention for per-pixel work (its multiply-adds grow with the area), its width
+# multiplier scales the inner stages by alpha^2, and what that buys in latency depends on the
+# device: the run above says what it buys here. Next: where the separable attention looks.
