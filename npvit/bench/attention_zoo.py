@@ -236,11 +236,10 @@ def operation_time_table(rows_by_unit, k: int, top: int = 5) -> str:
     return "\n".join(lines)
 
 
-def plot(result, path, large_k: int) -> None:
+def figure(result, large_k: int):
     """Fig. 1 (bottom right) extended: log-log latency (left) and largest buffer (right)
-    against k for every unit, the fitted slopes in the legend."""
-    import matplotlib
-    matplotlib.use("Agg")
+    against k for every unit, the fitted slopes in the legend; returns the matplotlib figure
+    (the caller saves or shows it)."""
     import matplotlib.pyplot as plt
 
     fig, (ax_t, ax_m) = plt.subplots(1, 2, figsize=(11, 4.4))
@@ -263,5 +262,15 @@ def plot(result, path, large_k: int) -> None:
         ax.grid(True, which="both", alpha=0.3)
         ax.legend(fontsize=7, ncol=2)
     fig.tight_layout()
+    return fig
+
+
+def plot(result, path, large_k: int) -> None:
+    """Write ``figure(result, large_k)`` to ``path`` (PNG) without opening a window."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig = figure(result, large_k)
     fig.savefig(path, dpi=90)
     plt.close(fig)
