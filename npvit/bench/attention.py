@@ -20,6 +20,7 @@ import numpy as np
 from .. import functional as F
 from .. import nn
 from ..opcount import OpCounter, count_ops
+from ..outputs import save_figure
 
 UNITS = ("MHA", "Linformer", "separable")
 
@@ -206,5 +207,5 @@ def plot(result: Result, path, large_k: int) -> None:
         ax.grid(True, which="both", alpha=0.3)
         ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    save_figure(fig, path, dpi=120)
     plt.close(fig)

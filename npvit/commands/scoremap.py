@@ -20,6 +20,7 @@ from ..data import (DEFAULT_CROP_SIZE, PIPELINES, default_pipeline, get_pipeline
                     imagenet_classes, load_image, preprocess)
 from ..errors import NpvitError
 from ..inference import RANDOM_WEIGHTS, check_size, load_model, missing_weights_message
+from ..outputs import check_figure_output, save_figure
 from .options import check_seed
 
 
@@ -29,6 +30,7 @@ def run(args) -> int:
     # Weights as `npvit predict` finds them (--weights, else the cache), else random ones.
     check_seed(args.seed)
     check_size(args.model, args.size, capture=True)
+    output = check_figure_output(args.output or f"{Path(args.image).stem}_{args.model}.png")
     model, source = load_model(args.model, args.weights, fallback_random=True, seed=args.seed)
     if model.version == 2 and args.query is not None:
         raise NpvitError(f"--query picks the query patch of MobileViT v1's attention maps; "
@@ -63,11 +65,7 @@ def run(args) -> int:
             image_rgb, head_attention_maps(records, x.shape[2:], point, per_layer),
             f"Attention maps: {title}", args.overlay)
 
-    output = Path(args.output or f"{Path(args.image).stem}_{model.name}.png")
-    try:
-        fig.savefig(output, dpi=figures.DPI)
-    except OSError as e:
-        raise NpvitError(f"cannot write {output}: {e.strerror or e}") from None
+    save_figure(fig, output, dpi=figures.DPI)     # atomically: a kill never leaves half a PNG
     panels = sum(ax.axison for ax in fig.axes)
     print(f"wrote {output} ({panels} panels)")
     return 0

@@ -9,8 +9,8 @@
     load_pretrained(name, True|path) the state dict behind create_model(name, pretrained=...)
 """
 from .convert import Converted, convert_checkpoint, save_npz
-from .download import (cache_dir, download, fetch, load_pretrained, local_weights,
-                       pretrained_path)
+from .download import (DownloadError, cache_dir, convert_cached, download, fetch, load_pretrained,
+                       local_weights, pretrained_path)
 from .keymap import detect_layout, to_npvit_names
 from .reader import read_checkpoint
 from .registry import OFFICIAL, Checkpoint, check_state, detect_model, num_parameters, official
