@@ -26,7 +26,10 @@ def convert_checkpoint(path, model: str | None = None) -> Converted:
     Names, shapes and dtypes are checked before any tensor is read, values (finite) after."""
     with open_checkpoint(path) as tensors:
         check_dtypes(tensors, path)
-        layout, state = to_npvit_names(tensors)
+        try:
+            layout, state = to_npvit_names(tensors)
+        except NpvitError as e:
+            raise NpvitError(f"{path}: {e}") from None
         model = model or detect_model(state, source=str(path))
         check_state(state, model, source=str(path))
         state = materialise(state, path)

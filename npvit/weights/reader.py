@@ -44,12 +44,14 @@ DataParallel-wrapped models are removed, so the result is always a flat state di
 from __future__ import annotations
 
 import contextlib
+import lzma
 import math
 import os
 import pickle
 import pickletools
 import stat
 import zipfile
+import zlib
 from collections import OrderedDict
 from pathlib import Path
 
@@ -167,8 +169,7 @@ def materialise(tensors: dict, path) -> dict[str, np.ndarray]:
         return {k: t.load() if isinstance(t, StoredTensor) else t for k, t in tensors.items()}
     except NpvitError:
         raise
-    except (zipfile.BadZipFile, OSError, EOFError, ValueError, RuntimeError, NotImplementedError,
-            MemoryError) as e:
+    except (*_DAMAGED, MemoryError) as e:
         raise NpvitError(f"{path}: damaged checkpoint ({_short(e)})") from None
 
 
@@ -211,6 +212,9 @@ def _check_members(archive: zipfile.ZipFile, path: Path) -> None:
                          "members uncompressed)")
 
 
+# what zipfile raises for a damaged member: bad CRC, corrupt deflate/bzip2/lzma data, ...
+_DAMAGED = (zipfile.BadZipFile, OSError, EOFError, ValueError, RuntimeError, NotImplementedError,
+            zlib.error, lzma.LZMAError)
 _COMPRESSION_NAMES = {zipfile.ZIP_STORED: "stored", zipfile.ZIP_DEFLATED: "deflate",
                       zipfile.ZIP_BZIP2: "bzip2", zipfile.ZIP_LZMA: "lzma"}
 
@@ -219,8 +223,7 @@ def _read_member(archive: zipfile.ZipFile, info: zipfile.ZipInfo, path: Path) ->
     """The member's bytes; a damaged member (bad CRC, corrupt deflate/bzip2/lzma) is one line."""
     try:
         data = archive.read(info)
-    except (zipfile.BadZipFile, OSError, EOFError, ValueError, RuntimeError,
-            NotImplementedError) as e:
+    except _DAMAGED as e:
         raise NpvitError(f"{path}: member {info.filename} is damaged ({_short(e)})") from None
     if len(data) != info.file_size:
         raise NpvitError(f"{path}: member {info.filename} is damaged ({len(data)} bytes, "
@@ -589,8 +592,7 @@ def _npy_header(archive, info, path):
                 raise ValueError(f"unsupported .npy version {version}")
             shape, fortran, dtype = read(f, max_header_size=10_000)
             header_bytes = f.tell()
-    except (ValueError, OSError, EOFError, zipfile.BadZipFile, RuntimeError,
-            NotImplementedError, SyntaxError, TypeError) as e:
+    except (*_DAMAGED, SyntaxError, TypeError) as e:
         raise NpvitError(f"{path}: {_clip(info.filename)} is not a readable .npy ({_short(e)})") from None
     if dtype.hasobject:
         raise NpvitError(f"{path}: {_clip(info.filename)} holds Python objects (a pickle); refused")

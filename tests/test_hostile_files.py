@@ -1,0 +1,301 @@
+"""Hostile files and careless runs (issue 16): every case is a file this test assembles itself,
+read in a subprocess under a time limit and an address-space limit. Asserted for each: the exit
+code, exactly one error line naming the problem, no traceback, the peak RSS of the process, and
+that no marker file appeared (no code from a file ran).
+
+To stay fast, the Python-API cases run in ONE subprocess (`_api_batch`: one JSON line per
+case), the CLI cases in another (`npvit.cli.main` called per case, its stdout/stderr captured),
+and only what needs a real process of its own (closed stderr, a strict UTF-8 stdout, SIGTERM
+and kill -9 during a write, a big image's peak RSS) gets one.
+"""
+from __future__ import annotations
+
+import bz2
+import json
+import lzma
+import os
+import signal
+import stat
+import subprocess
+import sys
+import textwrap
+import time
+import zipfile
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import hostile_files as H
+
+MiB = 2**20
+# A hostile file must cost at most this much memory in a process that reads many of them; each
+# of the memory-amplification cases below would need 1 GiB or more if it were not refused.
+PEAK_RSS_LIMIT = 500 * MiB
+
+
+# --- the hostile files ------------------------------------------------------------------------
+def _deep_tuple_key(depth: int) -> bytes:
+    """{(((1,),),...): 1}: hashing a 300 000-deep tuple overflows the C stack (exit 139)."""
+    return H.PROTO2 + H.EMPTY_DICT + H.EMPTY_TUPLE + H.TUPLE1 * depth + H.integer(1) + H.SETITEM + H.STOP
+
+
+def _deep_lists(depth: int) -> bytes:
+    """[[[...]]] built by appending each list into the one below it."""
+    return H.PROTO2 + H.EMPTY_LIST * depth + H.APPEND * (depth - 1) + H.STOP
+
+
+def _build_on(module: str, name: str, attribute: str) -> bytes:
+    """BUILD with a slot state on an allowed global: setattr(global, attribute, 'pwned')."""
+    state = H.NONE + H.EMPTY_DICT + H.string(attribute) + H.string("pwned") + H.SETITEM
+    return (H.PROTO2 + H.EMPTY_DICT + H.string("x") + H.global_(module, name)
+            + H.MARK + state + H.TUPLE + H.BUILD + H.SETITEM + H.STOP)
+
+
+def _runs_command(marker: Path) -> bytes:
+    return (H.PROTO2 + H.global_("os", "system") + H.MARK + H.string(f"touch {marker}")
+            + H.TUPLE + H.REDUCE + H.STOP)
+
+
+def _big_honest_storage_pickle(names) -> bytes:
+    """One honest storage of 16 Mi floats (64 MiB), viewed whole by each of ``names``."""
+    n = 16 * MiB
+    return H.state_dict_pickle({k: H.tensor("0", n, 0, (n,), (1,)) for k in names})
+
+
+def _hostile_files(tmp: Path, marker: Path) -> list[dict]:
+    """[{name, call, path, expect, ...}]: what to do with each file and the substring its one
+    error line must contain. call: read (read_checkpoint), convert (convert_checkpoint)."""
+    f = tmp / "files"
+    f.mkdir()
+    one_float = np.ones(1, "<f4").tobytes()
+    cases = []
+
+    def add(name, path, expect, call="read", **extra):
+        cases.append(dict(name=name, path=str(path), expect=expect, call=call, **extra))
+
+    # 1. cycles through wrapper keys
+    add("cycle", H.torch_zip(f / "cycle.pt", b"\x80\x02}q\x00X\x05\x00\x00\x00modelh\x00s."),
+        "contains itself")
+    add("cycle via two wrappers", H.torch_zip(f / "cycle2.pt", H.PROTO2 + H.EMPTY_DICT + b"q\x00"
+        + H.string("state_dict") + H.EMPTY_DICT + H.string("model") + b"h\x00" + H.SETITEM
+        + H.SETITEM + H.STOP), "contains itself")
+    add("cycle, pretrained=", f / "cycle.pt", "contains itself", call="pretrained")
+    # 2. what a pickle may build
+    add("300000-deep tuple key", H.torch_zip(f / "deep.pt", _deep_tuple_key(300_000),
+                                             pickle_compression=zipfile.ZIP_DEFLATED),
+        "nests objects more than 64 deep")
+    add("5000-deep tuple key", H.torch_zip(f / "deep5000.pt", _deep_tuple_key(5000)),
+        "nests objects more than 64 deep")
+    add("100000-deep lists", H.torch_zip(f / "lists.pt", _deep_lists(100_000)),
+        "nests objects more than 64 deep")
+    add("2.1 M operations", H.torch_zip(f / "ops.pt", H.PROTO2 + H.NONE * 2_100_000 + H.STOP),
+        "more than 2,000,000 pickle operations")
+    add("33 MiB data.pkl", H.torch_zip(f / "big_pickle.pt", H.PROTO2 + b"N" * (33 * MiB) + H.STOP),
+        "data.pkl is 34,603,011 bytes")
+    add("INST opcode", H.torch_zip(f / "inst.pt", H.PROTO2 + H.MARK + b"ios\nsystem\n" + H.STOP),
+        "pickle operation INST")
+    add("EXT1 opcode", H.torch_zip(f / "ext.pt", H.PROTO2 + b"\x82\x01" + H.STOP),
+        "pickle operation EXT1")
+    add("os.system", H.torch_zip(f / "system.pt", _runs_command(marker)),
+        "refused to load global os.system")
+    add("BUILD on _rebuild_tensor_v2", H.torch_zip(f / "build.pt", _build_on(
+        "torch._utils", "_rebuild_tensor_v2", "__qualname__")), "BUILD")
+    add("BUILD on a storage type", H.torch_zip(f / "build_storage.pt", _build_on(
+        "torch", "FloatStorage", "name")), "BUILD")
+    add("BUILD on OrderedDict", H.torch_zip(f / "build_od.pt", _build_on(
+        "collections", "OrderedDict", "fromkeys")), "BUILD")
+    add("truncated pickle", H.torch_zip(f / "cut.pt", H.PROTO2 + H.EMPTY_DICT + H.MARK),
+        "damaged data.pkl")
+    # 3. memory amplification: views, compressed members, .npz headers
+    add("three stride-0 views of 4 bytes", H.torch_zip(f / "stride0.pt", H.state_dict_pickle(
+        {k: H.tensor("0", 1, 0, (2**28,), (0,)) for k in "abc"}), {"0": one_float}),
+        "repeats elements of its storage")
+    add("views adding up to 10x their storage", H.torch_zip(
+        f / "overlap.pt", _big_honest_storage_pickle("abcdefghij"), {"0": bytes(64 * MiB)}),
+        "view 671,088,640 bytes of storages holding 67,108,864")
+    add("size inf", H.torch_zip(f / "inf.pt", H.state_dict_pickle(
+        {"w": H.tensor("0", 1, 0, (float("inf"),), (1,))}), {"0": one_float}), "must be integers")
+    add("size 2**70", H.torch_zip(f / "huge.pt", H.state_dict_pickle(
+        {"w": H.tensor("0", 1, 0, (2**70,), (1,))}), {"0": one_float}), "reaches past its storage")
+    add("numel 2**70", H.torch_zip(f / "numel.pt", H.state_dict_pickle(
+        {"w": H.tensor("0", 2**70, 0, (1,), (1,))}), {"0": one_float}), "has 4 bytes, expected")
+    for method, label in ((zipfile.ZIP_BZIP2, "bzip2"), (zipfile.ZIP_DEFLATED, "deflate"),
+                          (zipfile.ZIP_LZMA, "lzma")):
+        n = 16 * MiB if method != zipfile.ZIP_LZMA else 4 * MiB
+        add(f"{label} bomb", H.torch_zip(f / f"bomb_{label}.pt", H.state_dict_pickle(
+            {"w": H.tensor("0", n, 0, (n,), (1,))}), {"0": bytes(4 * n)}, compression=method),
+            "possible zip bomb")
+    npz_bomb = f / "bomb.npz"
+    with zipfile.ZipFile(npz_bomb, "w", zipfile.ZIP_DEFLATED) as z:
+        z.writestr("w.npy", H.npy_bytes("<f4", (16 * MiB,), bytes(64 * MiB)))
+    add("deflated .npz member", npz_bomb, "possible zip bomb")
+    npz_claim = f / "claims.npz"
+    with zipfile.ZipFile(npz_claim, "w") as z:
+        z.writestr("w.npy", H.npy_bytes("<f4", (10**15,), one_float))
+    add(".npz header claiming 4 PB", npz_claim, "declares (1000000000000000,)")
+    npz_object = f / "object.npz"
+    with zipfile.ZipFile(npz_object, "w") as z:
+        z.writestr("w.npy", H.npy_bytes("|O", (1,), b"\x80\x02N."))
+    add(".npz of Python objects", npz_object, "Python objects")
+    # 4. malformed containers
+    add("encrypted member", H.patch_zip(H.honest_tensor_file(f / "encrypted.pt"),
+                                        "archive/data.pkl", flags=0x1), "is encrypted")
+    add("compression method 99", H.patch_zip(H.honest_tensor_file(f / "method99.pt"),
+                                             "archive/data/0", method=99), "compression method 99")
+    for method, label, junk in ((zipfile.ZIP_DEFLATED, "deflate", b"\xff" * 64),
+                                (zipfile.ZIP_BZIP2, "bzip2", b"BZh9" + b"\x00" * 60),
+                                (zipfile.ZIP_LZMA, "lzma", b"\x00" * 64)):
+        path = f / f"corrupt_{label}.pt"
+        H.torch_zip(path, H.state_dict_pickle({"w": H.tensor("0", 16, 0, (16,), (1,))}),
+                    {"0": bytes(64)}, compression=method)
+        data = bytearray(path.read_bytes())      # overwrite the compressed bytes of data/0
+        with zipfile.ZipFile(path) as z:
+            info = z.getinfo("archive/data/0")
+        start = info.header_offset + 30 + len(info.filename.encode()) + len(info.extra)
+        data[start:start + info.compress_size] = (junk * info.compress_size)[:info.compress_size]
+        path.write_bytes(bytes(data))
+        add(f"corrupt {label} member", path, "member archive/data/0 is damaged")
+    crc = H.honest_tensor_file(f / "crc.pt")
+    data = bytearray(crc.read_bytes())
+    with zipfile.ZipFile(crc) as z:
+        info = z.getinfo("archive/data/0")
+    data[info.header_offset + 30 + len(info.filename.encode()) + len(info.extra)] ^= 0xFF
+    crc.write_bytes(bytes(data))
+    add("CRC-damaged storage", crc, "member archive/data/0 is damaged")
+    truncated = H.honest_tensor_file(f / "truncated.pt")
+    truncated.write_bytes(truncated.read_bytes()[:-30])
+    add("truncated zip", truncated, "cannot be opened")
+    add("complex storage", H.torch_zip(f / "complex.pt", H.state_dict_pickle(
+        {"w": H.tensor("0", 1, 0, (1,), (1,), storage="ComplexFloatStorage")}), {"0": bytes(8)}),
+        "unsupported dtype complex64")
+    add("5 MB key", H.torch_zip(f / "long_key.pt", H.PROTO2 + H.EMPTY_DICT + H.string("k" * 5_000_000)
+                                + H.integer(1) + H.SETITEM + H.STOP), "holds no state dict")
+    add("directory", f, "is a directory, not a regular file")
+    os.mkfifo(f / "fifo.pt")
+    add("FIFO", f / "fifo.pt", "is a FIFO (named pipe), not a regular file")
+    add("device", "/dev/zero", "is a device, not a regular file")
+    if os.geteuid() != 0:                       # root reads any file
+        unreadable = H.honest_tensor_file(f / "unreadable.pt")
+        unreadable.chmod(0)
+        add("unreadable", unreadable, "Permission denied")
+    # values a model cannot take (convert_checkpoint against mobilevit_xxs)
+    for label, change, expect in (
+            ("0-d head", lambda s: s.update({"head.fc.weight": np.float32(1)}), "mis-shaped"),
+            ("0-d bias", lambda s: s.update({"head.fc.bias": np.float32(1)}), "mis-shaped"),
+            ("str weight", lambda s: s.update({"stem.conv.weight": np.array(["x"] * 8)}),
+             "unsupported dtype <U1 in stem.conv.weight"),
+            ("complex weight", lambda s: s.update({"stem.conv.weight": s["stem.conv.weight"]
+                                                   .astype(np.complex64)}), "unsupported dtype complex64"),
+            ("datetime weight", lambda s: s.update({"stem.bn.running_mean": np.zeros(16, "M8[s]")}),
+             "unsupported dtype datetime64"),
+            ("structured weight", lambda s: s.update({"stem.bn.bias": np.zeros(16, "f4,f4")}),
+             "unsupported dtype"),
+            ("NaN weight", lambda s: s["head.fc.weight"].__setitem__((0, 0), np.nan),
+             "non-finite values in head.fc.weight")):
+        state = {k: np.array(v) for k, v in np.load(f / ".." / "xxs.npz").items()}
+        change(state)
+        np.savez(f / f"{label.replace(' ', '_')}.npz", **state)
+        add(label, f / f"{label.replace(' ', '_')}.npz", expect, call="convert", model="mobilevit_xxs")
+    hf = f / "hf_qkv.npz"
+    prefix = "mobilevit.encoder.layer.2.transformer.layer.0.attention.attention."
+    np.savez(hf, **{prefix + "query.weight": np.zeros((4, 4), "f4"),
+                    prefix + "key.weight": np.zeros((4, 3), "f4"),
+                    prefix + "value.weight": np.zeros((4, 4), "f4")})
+    add("HF q/k/v that do not concatenate", hf, "must be equal", call="convert")
+    # a file that cannot fit the model is refused before its 64 MiB storage is read
+    add("big storage, foreign keys", H.torch_zip(
+        f / "foreign.pt", _big_honest_storage_pickle(["foreign.weight"]), {"0": bytes(64 * MiB)}),
+        "match no MobileViT layout", call="convert")
+    return cases
+
+
+# The child: read every case through the Python API, one JSON line each, then report whether
+# anything a file did outlived it.
+_API_CHILD = textwrap.dedent("""
+    import json, resource, sys, time
+    from collections import OrderedDict
+    import numpy as np
+    import npvit
+    from npvit.weights import convert_checkpoint, read_checkpoint, reader
+
+    def trace():
+        f = reader._rebuild_tensor
+        return [f.__qualname__, repr(f.__defaults__), sorted(vars(f)), sorted(dir(OrderedDict)),
+                sorted(reader._StorageType.__dict__)]
+
+    before = trace()
+    for case in json.load(open(sys.argv[1])):
+        start = time.monotonic()
+        try:
+            if case["call"] == "read":
+                read_checkpoint(case["path"])
+            elif case["call"] == "convert":
+                convert_checkpoint(case["path"], model=case.get("model"))
+            elif case["call"] == "pretrained":
+                npvit.create_model("mobilevit_xxs", pretrained=case["path"])
+            elif case["call"] == "create_model":
+                kwargs = dict(case["kwargs"])
+                if "dtype" in kwargs:
+                    kwargs["dtype"] = getattr(np, kwargs["dtype"])
+                npvit.create_model("mobilevit_xxs", **kwargs)
+            elif case["call"] == "empty batch":
+                npvit.create_model("mobilevit_xxs")(np.zeros((0, 3, 64, 64), np.float32))
+            result = dict(type=None, message="")
+        except Exception as e:
+            result = dict(type=type(e).__name__, message=str(e))
+        result.update(name=case["name"], seconds=time.monotonic() - start)
+        print(json.dumps(result), flush=True)
+    print(json.dumps(dict(name="__trace__", unchanged=trace() == before,
+                          peak=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)))
+""")
+
+
+@pytest.fixture(scope="module")
+def xxs_npz(tmp_path_factory):
+    """An honest mobilevit_xxs state dict as .npz (the base the value cases alter)."""
+    import npvit
+    folder = tmp_path_factory.mktemp("hostile")
+    np.savez(folder / "xxs.npz", **npvit.create_model("mobilevit_xxs", seed=0).state_dict())
+    return folder
+
+
+def test_hostile_files_through_the_python_api(xxs_npz):
+    tmp = xxs_npz
+    marker = tmp / "MARKER"
+    cases = _hostile_files(tmp, marker)
+    cases += [dict(name=f"create_model({k}={v!r})", call="create_model", kwargs={k: v}, expect=e)
+              for k, v, e in (("num_classes", -1, "num_classes"), ("num_classes", 10**12, "num_classes"),
+                              ("dtype", "int8", "dtype must be float32 or float64"),
+                              ("seed", -1, "seed must be a non-negative integer"))]
+    cases.append(dict(name="model(x[:0])", call="empty batch", expect="the batch is empty"))
+    # positive controls: the same builders give files that read
+    cases.append(dict(name="honest control", call="read", path=str(H.honest_tensor_file(tmp / "ok.pt")),
+                      expect=None))
+    cases.append(dict(name="honest xxs control", call="convert", path=str(tmp / "xxs.npz"), expect=None))
+    (tmp / "cases.json").write_text(json.dumps(cases))
+
+    out = H.run(["-c", _API_CHILD, tmp / "cases.json"], tmp, timeout=150, address_space=4 * 2**30)
+    assert out.returncode == 0, out          # a crash (exit 139) or a traceback would show here
+    results = {r["name"]: r for r in map(json.loads, out.stdout.splitlines())}
+    trace = results.pop("__trace__")
+    problems = []
+    for case in cases:
+        got = results.get(case["name"])
+        if got is None:
+            problems.append(f"{case['name']}: no result")
+        elif case["expect"] is None:
+            if got["type"] is not None:
+                problems.append(f"{case['name']}: control failed: {got}")
+        elif got["type"] != "NpvitError" or case["expect"] not in got["message"] \
+                or "\n" in got["message"] or len(got["message"]) > 1000:
+            problems.append(f"{case['name']}: {got['type']}: {got['message'][:300]!r} "
+                            f"(expected NpvitError with {case['expect']!r})")
+        elif got["seconds"] > 10:
+            problems.append(f"{case['name']}: took {got['seconds']:.1f} s")
+    assert not problems, "\n".join(problems)
+    assert trace["unchanged"], "a refused file left a trace on the reader's stand-ins"
+    assert trace["peak"] < PEAK_RSS_LIMIT and out.peak_rss < PEAK_RSS_LIMIT, out
+    assert not marker.exists()
