@@ -14,7 +14,7 @@ from .errors import NpvitError, error_line
 
 # Order is the order in `npvit --help`.
 COMMANDS = ["predict", "eval", "models", "gradcheck", "convert", "download", "bench", "scoremap",
-            "finetune", "verify"]
+            "finetune", "verify", "synthetic"]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -299,3 +299,203 @@ def test_hostile_files_through_the_python_api(xxs_npz):
     assert trace["unchanged"], "a refused file left a trace on the reader's stand-ins"
     assert trace["peak"] < PEAK_RSS_LIMIT and out.peak_rss < PEAK_RSS_LIMIT, out
     assert not marker.exists()
+
+
+# --- the command line ---------------------------------------------------------------------------
+_CLI_CHILD = textwrap.dedent("""
+    import contextlib, io, json, os, sys, time
+    from npvit.cli import main
+
+    for case in json.load(open(sys.argv[1])):
+        os.environ.update(case.get("env", {}))
+        out, err = io.StringIO(), io.StringIO()
+        start = time.monotonic()
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                rc = main(case["argv"])
+            except SystemExit as e:          # argparse
+                rc = e.code
+            except BaseException as e:       # an escaped exception: a bug
+                rc = "escaped " + type(e).__name__ + ": " + str(e)[:300]
+        for name in case.get("env", {}):
+            del os.environ[name]
+        print(json.dumps(dict(name=case["name"], rc=rc, stdout=out.getvalue()[-3000:],
+                              stderr=err.getvalue()[-3000:], seconds=time.monotonic() - start)),
+              flush=True)
+""")
+
+
+def _cli_cases(tmp: Path) -> list[dict]:
+    """[{name, argv, rc, expect, env}]: each must exit with ``rc`` and print exactly one
+    stderr line containing ``expect``."""
+    f = tmp / "cli"
+    f.mkdir()
+    cycle = H.torch_zip(f / "cycle.pt", b"\x80\x02}q\x00X\x05\x00\x00\x00modelh\x00s.")
+    deep = H.torch_zip(f / "deep.pt", _deep_tuple_key(300_000), pickle_compression=zipfile.ZIP_DEFLATED)
+    long_key = H.torch_zip(f / "long_key.pt", H.PROTO2 + H.EMPTY_DICT + H.string("k\n" * 2_500_000)
+                           + H.integer(1) + H.SETITEM + H.STOP)
+    os.mkfifo(f / "fifo.pt")
+    os.mkfifo(f / "fifo.jpg")
+    a_file = f / "a_file"
+    a_file.write_text("not a folder")
+    Image.new("RGB", (64, 64), (120, 30, 200)).save(f / "good.png")
+    Image.new("RGB", (32, 9900)).save(f / "tall.png")
+    (f / "eps.jpg").write_bytes(b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 64 64\n"
+                                b"/Helvetica findfont 12 scalefont setfont\nshowpage\n")
+    existing = f / "existing.npz"
+    existing.write_bytes(b"keep me")
+    xxs = tmp / "xxs.npz"
+    empty_home = {"NPVIT_HOME": str(f / "empty_home")}
+    damaged_home = f / "damaged_home"
+    damaged_home.mkdir()
+    (damaged_home / "mobilevit_xxs.npz").write_bytes(b"PK\x03\x04 garbage")
+    folder = f / "images"
+    (folder / "n01440764" / "sub").mkdir(parents=True)
+    Image.new("RGB", (64, 64)).save(folder / "n01440764" / "sub" / "deep.png")
+    Image.new("RGB", (64, 64)).save(folder / "loose.png")
+    cases = [
+        ("convert a cycle", ["convert", cycle], 2, "contains itself"),
+        ("convert a deep tuple", ["convert", deep], 2, "nests objects more than 64 deep"),
+        ("convert a 5 MB key with newlines", ["convert", long_key], 2, "holds no state dict"),
+        ("--weights DIR", ["predict", f / "good.png", "--weights", f], 2, "is a directory, not a regular file"),
+        ("--weights FIFO", ["predict", f / "good.png", "--weights", f / "fifo.pt"], 2, "is a FIFO (named pipe)"),
+        ("--weights device", ["predict", f / "good.png", "--weights", "/dev/zero"], 2, "is a device"),
+        ("verify --weights FIFO", ["verify", "--weights", f / "fifo.pt"], 2, "is a FIFO"),
+        ("predict --seed -1", ["predict", "--seed", "-1"], 2, "--seed must be a non-negative"),
+        ("gradcheck --seed -1", ["gradcheck", "--seed", "-1"], 2, "--seed must be a non-negative"),
+        ("predict --size 100000", ["predict", "--model", "mobilevit_xxs", "--size", "100000"], 2,
+         "the largest --size that fits is"),
+        ("scoremap --size 100000", ["scoremap", f / "good.png", "--model", "mobilevit_xxs",
+                                    "--size", "100000"], 2, "the largest --size that fits is"),
+        ("scoremap -o x.unknownext", ["scoremap", f / "good.png", "--model", "mobilevitv2_050",
+                                      "-o", f / "x.unknownext"], 2, "unknown file type '.unknownext'"),
+        ("bench --heads 0", ["bench", "attention", "--heads", "0"], 2, "--heads must be at least 1"),
+        ("bench --dim 0", ["bench", "attention", "--dim", "0"], 2, "--dim must be at least 1"),
+        ("bench --proj-len 0", ["bench", "attention", "--proj-len", "0"], 2, "--proj-len must be"),
+        ("bench --plot FILE/x.png", ["bench", "attention", "--quick", "--plot", a_file / "x.png"], 2,
+         "is a file, not a folder"),
+        ("bench --plot x.unknown", ["bench", "attention", "--quick", "--plot", f / "x.unknown"], 2,
+         "unknown file type"),
+        ("convert -o DIR", ["convert", xxs, "-o", f], 2, "is a directory"),
+        ("convert -o FILE/x", ["convert", xxs, "-o", a_file / "x.npz"], 2, "is a file, not a folder"),
+        ("convert -o FIFO", ["convert", xxs, "-o", f / "fifo.pt"], 2, "is not a regular file"),
+        ("convert -o existing", ["convert", xxs, "-o", existing], 2, "already exists; pass --force"),
+        ("FIFO image", ["predict", f / "fifo.jpg"], 1, "is a FIFO (named pipe), not a regular image"),
+        ("EPS named .jpg", ["predict", f / "eps.jpg"], 1, "not an image file npvit reads"),
+        ("32x9900 image", ["predict", f / "tall.png"], 1, "too elongated"),
+        ("NPVIT_HOME is a file", ["predict", "--download", "--model", "mobilevit_xxs", f / "good.png"],
+         2, "is a file (or inside one), not a folder", {"NPVIT_HOME": str(a_file)}),
+        ("download --dir FILE", ["download", "mobilevit_xxs", "--dir", a_file], 2, "is a file"),
+        ("damaged cached file", ["predict", "--model", "mobilevit_xxs", f / "good.png"], 2,
+         "run `npvit download mobilevit_xxs --force`", {"NPVIT_HOME": str(damaged_home)}),
+    ]
+    result = [dict(name=c[0], argv=list(map(str, c[1])), rc=c[2], expect=c[3],
+                   env=c[4] if len(c) > 4 else empty_home) for c in cases]
+    result.append(dict(name="convert --force", argv=["convert", str(xxs), "-o", str(f / "new.npz"),
+                                                     "--force"], rc=0, expect=None, env=empty_home))
+    result.append(dict(name="eval layout notes", argv=["eval", str(folder), "--weights", str(xxs)],
+                       rc=2, env=empty_home,
+                       expect=["ignored 1 image file(s) directly in", "one level too deep",
+                               "no labelled images"]))
+    return result
+
+
+def test_hostile_inputs_on_the_command_line(xxs_npz):
+    tmp = xxs_npz
+    cases = _cli_cases(tmp)
+    (tmp / "cli_cases.json").write_text(json.dumps(cases))
+    out = H.run(["-c", _CLI_CHILD, tmp / "cli_cases.json"], tmp, timeout=150, address_space=4 * 2**30)
+    assert out.returncode == 0, out
+    results = {r["name"]: r for r in map(json.loads, out.stdout.splitlines())}
+    problems = []
+    for case in cases:
+        got = results[case["name"]]
+        lines = got["stderr"].splitlines()
+        expected = case["expect"] if isinstance(case["expect"], list) else [case["expect"]]
+        if got["rc"] != case["rc"]:
+            problems.append(f"{case['name']}: exit {got['rc']}, expected {case['rc']}: {got['stderr'][:300]!r}")
+        elif case["expect"] is None:
+            continue
+        elif len(lines) != len(expected) or "Traceback" in got["stderr"] or not all(
+                e in line for e, line in zip(expected, lines)):
+            problems.append(f"{case['name']}: stderr {got['stderr'][:400]!r}, expected "
+                            f"{len(expected)} line(s) with {expected}")
+        elif any(len(line) > 1100 for line in lines) or got["stdout"]:
+            problems.append(f"{case['name']}: a line of {max(map(len, lines))} characters or "
+                            f"output on stdout {got['stdout'][:200]!r}")
+    assert not problems, "\n".join(problems)
+    assert (tmp / "cli" / "existing.npz").read_bytes() == b"keep me"    # not overwritten
+    assert stat.S_ISFIFO(os.stat(tmp / "cli" / "fifo.pt").st_mode)        # still a FIFO
+    assert (tmp / "cli" / "new.npz").is_file()
+    assert not list((tmp / "cli").glob(".*.part"))
+    assert out.peak_rss < PEAK_RSS_LIMIT + 300 * MiB, out     # it also builds and runs models
+
+
+def test_errors_never_reach_stdout_when_stderr_is_closed(tmp_path):
+    out = H.run(["-m", "npvit", "predict", "--seed", "-1"], tmp_path, close_stderr=True,
+                address_space=2 * 2**30)
+    assert out.returncode == 2 and out.stdout == "", out
+
+
+def test_a_file_name_that_is_not_utf8_prints_on_a_strict_utf8_stdout(tmp_path):
+    name = os.fsdecode(b"photo-\xff.png")
+    Image.new("RGB", (64, 64), (10, 200, 30)).save(tmp_path / name)
+    out = H.run(["-m", "npvit", "predict", name, "--size", "64", "--topk", "1"], tmp_path,
+                env={"PYTHONIOENCODING": "utf-8:strict", "NPVIT_HOME": str(tmp_path / "home")},
+                address_space=2 * 2**30)
+    assert out.returncode == 0 and "Traceback" not in out.stderr, out
+    assert "photo-\\udcff.png" in out.stdout
+
+
+def test_huge_and_elongated_images_cost_bounded_memory(tmp_path):
+    """A 258 KB 9400x9400 PNG took 2.9 GB in the v1 pipeline (float64 resize of the whole
+    image) and a 32x9900 one 1.96 GB; now the first costs about its decoded size and the
+    second is refused from its header."""
+    Image.new("RGB", (9400, 9400), (200, 10, 10)).save(tmp_path / "big.png")
+    Image.new("RGB", (32, 9900)).save(tmp_path / "tall.png")
+    out = H.run(["-m", "npvit", "predict", "big.png", "tall.png", "--model", "mobilevit_xxs",
+                 "--size", "64", "--topk", "1"], tmp_path,
+                env={"NPVIT_HOME": str(tmp_path / "home")}, address_space=2 * 2**30)
+    assert out.returncode == 1, out                   # one image refused, one classified
+    assert out.stdout.startswith("big.png") and "Traceback" not in out.stderr
+    assert "tall.png: a 32x9900 image is too elongated" in out.stderr
+    decoded = 9400 * 9400 * 3
+    assert out.peak_rss < 2 * decoded, out            # was > 10x the decoded size
+
+
+_SLOW_WRITER = textwrap.dedent("""
+    import signal, sys, time
+    from npvit.cli import _terminate
+    from npvit.outputs import write_atomically
+    signal.signal(signal.SIGTERM, _terminate)
+
+    def write(f):
+        f.write(b"half of a new file")
+        f.flush()
+        print("writing", flush=True)
+        time.sleep(60)
+
+    write_atomically(sys.argv[1], write)
+""")
+
+
+@pytest.mark.parametrize("how", [signal.SIGTERM, signal.SIGKILL])
+def test_a_killed_write_leaves_the_old_file_and_no_temporary_file(tmp_path, how):
+    target = tmp_path / "map.png"
+    target.write_bytes(b"the old figure")
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    child = subprocess.Popen([sys.executable, "-c", _SLOW_WRITER, str(target)], env=env,
+                             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+    assert child.stdout.readline() == b"writing\n"
+    child.send_signal(how)
+    child.wait(timeout=30)
+    assert target.read_bytes() == b"the old figure"
+    parts = list(tmp_path.glob(".map.png.*.part"))
+    if how == signal.SIGTERM:
+        assert parts == []            # removed on the way out
+    else:
+        assert len(parts) == 1        # kill -9 cannot be caught: the next write removes it
+        from npvit.outputs import write_atomically
+        write_atomically(target, lambda f: f.write(b"the new figure"))
+        assert target.read_bytes() == b"the new figure"
+        assert list(tmp_path.glob(".map.png.*.part")) == []

@@ -29,7 +29,7 @@ import numpy as np
 import npvit
 from npvit import functional as F
 from npvit.gradcheck import relative_error
-from tutorial_setup import FAST, optional_torch, plt, save_figure, skip_without_torch
+from tutorial_setup import FAST, optional_torch, plt, show, skip_without_torch
 
 rng = np.random.default_rng(0)
 eps = 1e-5
@@ -66,7 +66,7 @@ for ax, (title, group_of) in zip(axes, labels.items()):
         ax.axvline(n * hw_demo - 0.5, color="k", lw=1.5)
     ax.set(title=title, xlabel="sample n (blocks) x position H*W", ylabel="channel c",
            xticks=[], yticks=[])
-save_figure(fig, "02_norm_axes.png")
+show(fig, "02_norm_axes")
 
 # %% [markdown]
 # ## The forward, one line at a time

@@ -30,7 +30,7 @@ import numpy as np
 
 import npvit
 from npvit import functional as F
-from tutorial_setup import FAST, optional_torch, plt, save_figure, skip_without_torch
+from tutorial_setup import FAST, optional_torch, plt, show, skip_without_torch
 
 rng = np.random.default_rng(0)
 
@@ -88,7 +88,7 @@ for k in range(0, H + 1, 2):
     ax2.axhline(k - 0.5, color="k", lw=0.8)
     ax2.axvline(k - 0.5, color="k", lw=0.8)
 ax2.set(title="pixel (2, 3) (star) attends to\nthe same position in every patch", xticks=[], yticks=[])
-save_figure(fig, "03_unfold_patches.png")
+show(fig, "03_unfold_patches")
 
 # %% [markdown]
 # ## Fold is the inverse of unfold — and its adjoint
@@ -162,7 +162,7 @@ for ax, align in zip(axes, (False, True)):
         if v > 0:
             ax.text(j, i, f"{v:.2f}", ha="center", va="center", fontsize=7,
                     color="k" if v > 0.5 else "w")
-save_figure(fig, "03_resize_weights.png")
+show(fig, "03_resize_weights")
 
 xo = rng.standard_normal((1, 2, 7, 7))
 up, cache_up = F.resize_bilinear_forward(xo, (8, 8), align_corners=True)

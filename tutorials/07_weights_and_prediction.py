@@ -30,7 +30,7 @@ import npvit
 from npvit import weights
 from npvit.data import (example_image_path, get_pipeline, imagenet_classes, load_image,
                         preprocess, PIPELINES)
-from tutorial_setup import OUT, optional_torch, plt, save_figure, skip_without_torch
+from tutorial_setup import OUT, optional_torch, plt, show, skip_without_torch
 
 NAME = "mobilevitv2_050"
 rng = np.random.default_rng(0)
@@ -201,7 +201,7 @@ axes[4].set_title("|cvnets-v2 - hf|\nbicubic vs bilinear", fontsize=9)
 fig.colorbar(im, ax=axes[4], shrink=0.8)
 for ax in axes:
     ax.set(xticks=[], yticks=[])
-save_figure(fig, "07_preprocessing.png")
+show(fig, "07_preprocessing")
 
 # %% [markdown]
 # ## Top-5 on the photo
@@ -249,7 +249,7 @@ ax_bar.barh(range(5)[::-1], probs[top5], color="tab:blue")
 ax_bar.set_yticks(range(5)[::-1], [f"{i}: {classes[i].name}" for i in top5])
 ax_bar.set(xlabel="probability",
            title=f"{NAME} top-5 ({'official' if have_official else 'RANDOM'} weights)")
-save_figure(fig, "07_top5.png")
+show(fig, "07_top5")
 
 # %% [markdown]
 # **Summary.** A checkpoint is a dict of arrays under some naming scheme; npvit reads the

@@ -193,6 +193,21 @@ def resize_and_crop(image: Image.Image, short_side: int, crop: int, resample: st
     return np.asarray(image.resize((new_width, new_height), pil_filter).crop(box))
 
 
+def preprocessed_box(box, image_size: tuple[int, int], crop_size: int = DEFAULT_CROP_SIZE,
+                     resize_size: int | None = None) -> np.ndarray:
+    """Where a box [x0, y0, x1, y1] in the pixels of a (width, height) image lands in the
+    network input that `preprocess` makes of it (same resize and crop), clipped to the
+    (crop_size x crop_size) input: float64 (4,), possibly empty (x1 <= x0) if cropped away."""
+    width, height = image_size
+    resize_size = crop_size + RESIZE_MARGIN if resize_size is None else resize_size
+    new_width, new_height = short_side_size(width, height, resize_size)
+    top, left = (new_height - crop_size) // 2, (new_width - crop_size) // 2
+    x0, y0, x1, y1 = np.asarray(box, np.float64)
+    scaled = np.array([x0 * new_width / width - left, y0 * new_height / height - top,
+                       x1 * new_width / width - left, y1 * new_height / height - top])
+    return np.clip(scaled, 0, crop_size)
+
+
 def preprocess(image: Image.Image, pipeline: str = "cvnets-v2",
                crop_size: int = DEFAULT_CROP_SIZE, resize_size: int | None = None) -> np.ndarray:
     """PIL image (any mode; `load_image` gives RGB) -> float32 (3, crop_size, crop_size) in

@@ -47,3 +47,13 @@ def resize_bilinear_backward(dy, cache):
     """dy: (N, C, H_out, W_out) -> dx: (N, C, H, W)."""
     a_h, a_w = cache
     return a_h.T @ (dy @ a_w)
+
+
+def resize_nearest(x, size):
+    """x: (N, C, H, W) -> (N, C, size[0], size[1]), as ``F.interpolate(mode="nearest")``: output
+    pixel d copies input pixel floor(d * in / out). (Used on logits before an argmax only, so
+    it has no backward.)"""
+    h, w = x.shape[2:]
+    rows = np.minimum((np.arange(size[0]) * (h / size[0])).astype(np.int64), h - 1)
+    cols = np.minimum((np.arange(size[1]) * (w / size[1])).astype(np.int64), w - 1)
+    return x[:, :, rows][:, :, :, cols]

@@ -15,8 +15,9 @@ Three formats, recognised by their content (not their file name):
 - **safetensors**: parsed and validated by the ``safetensors`` package (``deserialize``); we
   only turn its raw bytes into arrays, because its ``safetensors.numpy`` helpers cannot
   represent bfloat16 (NumPy has no such dtype).
-- **.npz** as written by ``npvit convert``: each member's ``.npy`` header is read and checked
-  against the member's size before its data is (pickles are never allowed).
+- **.npz** as written by ``npvit convert`` or ``npvit finetune``: each member's ``.npy`` header
+  is read and checked against the member's size before its data is (pickles are never allowed;
+  the ``npvit_meta`` entry of a fine-tuned model is left to ``read_model_meta``).
 
 Hostile files (what a checkpoint from the internet may be) are refused in one NpvitError line
 before they can cost time or memory out of proportion to their size:
@@ -99,7 +100,7 @@ def open_checkpoint(path):
     read); `materialise` turns it into arrays while the file is open. Look at names and shapes
     first to refuse a file that does not fit, before its data costs memory."""
     path = Path(path)
-    _check_regular_file(path, "checkpoint")
+    check_regular_file(path, "checkpoint")
     try:
         with open(path, "rb") as f:
             head = f.read(16)
@@ -124,7 +125,7 @@ def open_checkpoint(path):
                      "zip archive, a .safetensors file or an .npz file)")
 
 
-def _check_regular_file(path: Path, what: str) -> None:
+def check_regular_file(path: Path, what: str) -> None:
     """Refuse, by what it is, a path that is missing or not a regular file (opening a FIFO
     would block forever, a device would be read without end)."""
     try:
@@ -572,6 +573,8 @@ def _read_npz(archive: zipfile.ZipFile, path: Path) -> dict[str, StoredTensor]:
     tensors = {}
     for info in archive.infolist():
         name = info.filename[: -len(".npy")]
+        if name == "npvit_meta":  # describes the model (weights/meta.py); it is not a weight
+            continue
         shape, dtype, header_bytes = _npy_header(archive, info, path)
         if header_bytes + math.prod(shape) * dtype.itemsize != info.file_size:
             raise NpvitError(f"{path}: {_clip(name)} declares {_clip(shape)} x {dtype} but its "

@@ -1,5 +1,7 @@
 """The official checkpoints (from ``manifest.json``, the one source of truth, shipped inside the
-package) and the checks that tie a state dict to one of npvit's ten variants."""
+package) and the checks that tie a state dict to one of npvit's models: ``OFFICIAL`` holds the
+ten ImageNet-1k classifiers, ``SEGMENTATION`` the segmentation releases; ``official(name)``
+finds either."""
 from __future__ import annotations
 
 import functools
@@ -14,27 +16,33 @@ from ..errors import NpvitError
 
 @dataclass(frozen=True)
 class Checkpoint:
-    """One official ImageNet-1k checkpoint: where it lives and what it should be."""
+    """One official checkpoint: where it lives and what it should be."""
     name: str                   # npvit / timm model name
     url: str
     file_name: str
-    params: int                 # parameter count of the model
-    top1: float                 # ImageNet-1k top-1 (%) reported by ml-cvnets
+    params: int                 # parameter count of the model (segmentation: without aux head)
+    top1: float | None = None   # ImageNet-1k top-1 (%) reported by ml-cvnets (classifiers)
     sha256: str | None = None   # None: unknown, not checked
     bytes: int | None = None    # None: unknown, not checked
+    task: str = "classification"
+    miou: float | None = None   # mIoU (%) reported by ml-cvnets (segmentation)
 
 
-def _load_manifest() -> dict[str, Checkpoint]:
+def _load_manifest(section: str) -> dict[str, Checkpoint]:
     text = resources.files(__package__).joinpath("manifest.json").read_text()
-    return {row["name"]: Checkpoint(**row) for row in json.loads(text)["checkpoints"]}
+    return {row["name"]: Checkpoint(**row) for row in json.loads(text)[section]}
 
 
-OFFICIAL: dict[str, Checkpoint] = _load_manifest()
+OFFICIAL: dict[str, Checkpoint] = _load_manifest("checkpoints")
+SEGMENTATION: dict[str, Checkpoint] = _load_manifest("segmentation")
 
 
 def official(name: str) -> Checkpoint:
+    if name in SEGMENTATION:
+        return SEGMENTATION[name]
     if name not in OFFICIAL:
-        raise NpvitError(f"no official checkpoint for {name!r}; choose one of {', '.join(OFFICIAL)}")
+        raise NpvitError(f"no official checkpoint for {name!r}; choose one of {', '.join(OFFICIAL)} "
+                         f"(segmentation: `npvit models --task segmentation`)")
     return OFFICIAL[name]
 
 
@@ -46,8 +54,9 @@ def expected_shapes(name: str) -> dict[str, tuple]:
 
 
 def _optional(key: str) -> bool:
-    # BatchNorm's step counter does not affect outputs; files may lack it.
-    return key.endswith("num_batches_tracked")
+    # BatchNorm's step counter does not affect outputs; files may lack it. So may the
+    # segmentation releases' train-only aux head (the Hugging Face port drops it).
+    return key.endswith("num_batches_tracked") or key.startswith("aux_head.")
 
 
 def _fits(key: str, shape: tuple, expected: tuple) -> bool:
@@ -57,6 +66,8 @@ def _fits(key: str, shape: tuple, expected: tuple) -> bool:
         return len(shape) == 2 and shape[1] == expected[1]
     if key == "head.fc.bias":
         return len(shape) == 1
+    if key.startswith(("head.classifier.", "aux_head.classifier.")):  # segmentation: any classes
+        return len(shape) == len(expected) and shape[1:] == expected[1:]
     return shape == expected
 
 
@@ -100,12 +111,13 @@ def detect_model(state: dict[str, np.ndarray], source: str = "checkpoint") -> st
     keys with the file, so that check_state can then say precisely what differs.
     """
     from ..models import list_models
+    from .keymap_segmentation import segmentation_candidates
 
     def score(name):
         expected = expected_shapes(name)
         return sum(_shape(v) == expected.get(k) for k, v in state.items())
 
-    best = max(list_models(), key=score)
+    best = max(segmentation_candidates(state) or list_models(), key=score)
     if score(best) < 0.5 * len(expected_shapes(best)):
         raise NpvitError(f"{source} does not look like any MobileViT variant npvit knows "
                          f"(at best {score(best)} of {len(expected_shapes(best))} {best} tensors "
