@@ -293,6 +293,8 @@ def test_hostile_files_through_the_python_api(xxs_npz):
                 or "\n" in got["message"] or len(got["message"]) > 1000:
             problems.append(f"{case['name']}: {got['type']}: {got['message'][:300]!r} "
                             f"(expected NpvitError with {case['expect']!r})")
+        elif "path" in case and case["expect"] and Path(case["path"]).name not in got["message"]:
+            problems.append(f"{case['name']}: the line does not name the file: {got['message'][:200]!r}")
         elif got["seconds"] > 10:
             problems.append(f"{case['name']}: took {got['seconds']:.1f} s")
     assert not problems, "\n".join(problems)

@@ -257,8 +257,8 @@ def _read_zip(archive: zipfile.ZipFile, path: Path):
     unpickler = _StateDictUnpickler(data, archive, prefix, byteorder, path)
     try:
         return unpickler.load()
-    except NpvitError:
-        raise
+    except NpvitError as e:      # raised by a stand-in: say which file
+        raise e if str(path) in str(e) else NpvitError(f"{path}: {e}") from None
     except (EOFError, pickle.UnpicklingError, KeyError, ValueError, TypeError, IndexError,
             AttributeError, OverflowError, RecursionError, MemoryError) as e:
         raise NpvitError(f"{path}: damaged PyTorch checkpoint ({_short(e)})") from None
