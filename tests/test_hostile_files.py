@@ -501,3 +501,28 @@ def test_a_killed_write_leaves_the_old_file_and_no_temporary_file(tmp_path, how)
         write_atomically(target, lambda f: f.write(b"the new figure"))
         assert target.read_bytes() == b"the new figure"
         assert list(tmp_path.glob(".map.png.*.part")) == []
+
+
+# --- --size: the working-set estimate behind `check_size` -------------------------------------
+def test_largest_size_is_the_last_multiple_of_32_whose_working_set_fits():
+    from npvit.inference import largest_size, working_set_bytes
+    for name, training in (("mobilevit_xxs", False), ("mobilevitv2_050", True)):
+        budget = working_set_bytes(name, 640, batch=2, training=training)
+        assert largest_size(name, budget, batch=2, training=training) == 640
+        assert working_set_bytes(name, 672, batch=2, training=training) > budget
+
+
+def test_the_working_set_estimate_matches_the_measured_peak(tmp_path):
+    """predict at 768 on v1 (attention maps ~ size^4): the estimate is within a factor 1.5 of
+    the peak RSS the process really reaches, beyond its start-up baseline."""
+    from npvit.inference import working_set_bytes
+    Image.new("RGB", (800, 800), (90, 60, 30)).save(tmp_path / "x.png")
+    env = {"NPVIT_HOME": str(tmp_path / "home")}
+    base = H.run(["-m", "npvit", "predict", "x.png", "--model", "mobilevit_xxs", "--size", "64"],
+                 tmp_path, env=env)
+    big = H.run(["-m", "npvit", "predict", "x.png", "--model", "mobilevit_xxs", "--size", "768"],
+                tmp_path, env=env)
+    assert base.returncode == big.returncode == 0, (base, big)
+    measured = big.peak_rss - base.peak_rss
+    estimate = working_set_bytes("mobilevit_xxs", 768) - working_set_bytes("mobilevit_xxs", 64)
+    assert estimate / 1.5 < measured < estimate * 1.5, (measured / MiB, estimate / MiB)
