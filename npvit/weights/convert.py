@@ -10,6 +10,7 @@ import numpy as np
 from ..errors import NpvitError
 from ..outputs import write_atomically
 from .keymap import to_npvit_names
+from .keymap_detection import detector_names
 from .reader import materialise, open_checkpoint
 from .registry import check_state, detect_model
 
@@ -27,7 +28,7 @@ def convert_checkpoint(path, model: str | None = None) -> Converted:
     with open_checkpoint(path) as tensors:
         check_dtypes(tensors, path)
         try:
-            layout, state = to_npvit_names(tensors)
+            layout, state = detector_names(tensors) or to_npvit_names(tensors)
         except NpvitError as e:
             raise NpvitError(f"{path}: {e}") from None
         model = model or detect_model(state, source=str(path))

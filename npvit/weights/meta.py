@@ -155,7 +155,10 @@ class ModelFile:
 
     @property
     def num_classes(self) -> int:
-        return int(self.state["head.fc.bias"].shape[0])
+        bias = self.state.get("head.fc.bias")
+        if bias is None:                              # a segmentation model's classifier
+            bias = self.state["head.classifier.bias"]
+        return int(bias.shape[0])
 
 
 def load_model_file(path, model: str | None = None) -> ModelFile:
