@@ -167,11 +167,8 @@ def _used(i0: np.ndarray, i1: np.ndarray):
     return used, np.split(positions, 2)
 
 
-def resize_and_crop(image: Image.Image, short_side: int, crop: int, resample: str) -> np.ndarray:
-    """RGB PIL image -> uint8 (crop, crop, 3): its short side resized to ``short_side``, then
-    the centre ``crop`` x ``crop`` at offsets ((H' - crop) // 2, (W' - crop) // 2).
-    OpenCV-style resizing computes only the cropped pixels (bit-identical to resizing all of
-    them); Pillow's resize runs in uint8, in Pillow's own C code."""
+def _resized_size(image: Image.Image, short_side: int) -> tuple[int, int]:
+    """(new_width, new_height) of the short-side resize, or one line why it is refused."""
     width, height = image.size
     check_aspect_ratio(width, height)
     new_width, new_height = short_side_size(width, height, short_side)
@@ -180,17 +177,37 @@ def resize_and_crop(image: Image.Image, short_side: int, crop: int, resample: st
         raise NpvitError(f"a {width}x{height} image is too elongated: resizing its short side "
                          f"to {short_side} would give {new_width}x{new_height} pixels, more "
                          f"than Pillow's limit of {limit}")
+    return new_width, new_height
+
+
+def resize_short_side(image: Image.Image, short_side: int, resample: str) -> np.ndarray:
+    """RGB PIL image -> uint8 (H', W', 3) with its short side resized to ``short_side``."""
+    new_width, new_height = _resized_size(image, short_side)
+    if (new_width, new_height) == image.size:
+        return np.asarray(image)  # ml-cvnets, torchvision and transformers all skip this resize
+    if resample == "opencv-bilinear":
+        return resize_opencv_bilinear(image, new_width, new_height)
+    return np.asarray(image.resize((new_width, new_height), _PIL_FILTERS[resample]))
+
+
+_PIL_FILTERS = {"pil-bicubic": Image.Resampling.BICUBIC, "pil-bilinear": Image.Resampling.BILINEAR}
+
+
+def resize_and_crop(image: Image.Image, short_side: int, crop: int, resample: str) -> np.ndarray:
+    """RGB PIL image -> uint8 (crop, crop, 3): its short side resized to ``short_side``, then
+    the centre ``crop`` x ``crop`` at offsets ((H' - crop) // 2, (W' - crop) // 2).
+    OpenCV-style resizing computes only the cropped pixels (bit-identical to resizing all of
+    them); Pillow's resize runs in uint8, in Pillow's own C code."""
+    new_width, new_height = _resized_size(image, short_side)
     top, left = (new_height - crop) // 2, (new_width - crop) // 2
     box = (left, top, left + crop, top + crop)
-    if (new_width, new_height) == (width, height):
+    if (new_width, new_height) == image.size:
         # ml-cvnets, torchvision and transformers all skip this resize
         return np.asarray(image.crop(box))
     if resample == "opencv-bilinear":
         return resize_opencv_bilinear(image, new_width, new_height,
                                       slice(top, top + crop), slice(left, left + crop))
-    pil_filter = {"pil-bicubic": Image.Resampling.BICUBIC,
-                  "pil-bilinear": Image.Resampling.BILINEAR}[resample]
-    return np.asarray(image.resize((new_width, new_height), pil_filter).crop(box))
+    return np.asarray(image.resize((new_width, new_height), _PIL_FILTERS[resample]).crop(box))
 
 
 def preprocessed_box(box, image_size: tuple[int, int], crop_size: int = DEFAULT_CROP_SIZE,
