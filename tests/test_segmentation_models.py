@@ -319,3 +319,22 @@ def test_predict_refuses_training_mode_and_bad_inputs():
         model.eval().predict(np.zeros((1, 3, 20, 64), np.float32))
     with pytest.raises(npvit.errors.NpvitError, match="drop_rate"):
         npvit.create_model("pspnet_mobilevitv2_050_voc", drop_rate=0.2)
+
+
+@pytest.mark.parametrize("name", ["deeplabv3_mobilevitv2_050_ade20k", "pspnet_mobilevitv2_050_voc"])
+def test_inference_under_no_grad_equals_the_plain_eval_forward(name):
+    # no_grad folds every BatchNorm into its conv (tests/test_fast_paths.py), here through the
+    # dilated backbone, the ASPP / PSP branches and the 1x1 pooled maps
+    from test_fast_paths import random_batchnorm
+    model = npvit.create_model(name, dtype=np.float64, seed=2)
+    rng = np.random.default_rng(3)
+    for m in model.modules():
+        if isinstance(m, npvit.nn.BatchNorm2d):
+            m.weight.data, m.bias.data, m.running_mean, m.running_var = random_batchnorm(
+                rng, m.weight.shape[0], np.float64)
+    model.eval()
+    x = _x()
+    plain = model(x)
+    with npvit.nn.no_grad():
+        fast = model(x)
+    assert _relative(fast, plain) <= 1e-10
