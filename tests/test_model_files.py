@@ -25,35 +25,40 @@ NAME, SIZE = "mobilevitv2_050", 32
 
 @pytest.fixture(scope="module")
 def shapes(tmp_path_factory):
-    """OUT/train, OUT/val (12 images, 3 per class) and OUT/val.json, from `npvit synthetic`."""
+    """OUT/train (8 images), OUT/val (12, 3 per class) and OUT/val.json, from `npvit synthetic`."""
     root = tmp_path_factory.mktemp("shapes") / "out"
-    assert main(["synthetic", str(root), "--train", "4", "--val", "12", "--size", str(SIZE),
+    assert main(["synthetic", str(root), "--train", "8", "--val", "12", "--size", str(SIZE),
                  "--seed", "7"]) == 0
     return root
-
-
-@pytest.fixture(scope="module")
-def model_file(shapes):
-    """A 4-class model file as npvit finetune writes it (random weights: the file format, not
-    the training, is under test). Images are used at their own size (resize_size = SIZE)."""
-    model = npvit.create_model(NAME, num_classes=4, seed=5)
-    classes = sorted(p.name for p in (shapes / "val").iterdir())
-    meta = model_meta(NAME, classes, SIZE, "cvnets-v2", resize_size=SIZE)
-    return write_model_npz(shapes.parent / "run" / "model.npz", model.state_dict(), meta)
 
 
 def _npvit_without_torch(tmp_path, *args):
     hook = tmp_path / "no_torch"
     out = run_without_torch(["-m", "npvit", *map(str, args)], hook,
-                            env={**os.environ, "NPVIT_HOME": str(tmp_path / "cache")})
+                            env={**os.environ, "NPVIT_HOME": str(tmp_path / "cache"),
+                                 "OMP_NUM_THREADS": "1"})
     assert out.returncode == 0, out.stderr
     assert blocked_imports(hook) == [] and "Traceback" not in out.stderr
     return out.stdout
 
 
+@pytest.fixture(scope="module")
+def model_file(shapes):
+    """run/model.npz from one epoch of a real `npvit finetune` (no torch): the file format and
+    its use, not the training, are under test. The small recipe validates images at their own
+    size (no resize margin), so the boxes of val.json are the network's boxes."""
+    run = shapes.parent / "run"
+    _npvit_without_torch(shapes.parent, "finetune", shapes, "--model", NAME, "--size", SIZE,
+                         "--recipe", "small", "--epochs", 1, "--batch-size", 4, "--out", run,
+                         "--quiet")
+    return run / "model.npz"
+
+
 def test_predict_eval_scoremap_by_name_without_torch(shapes, model_file, tmp_path):
     meta = read_model_meta(model_file)
     classes = meta["classes"]
+    assert meta["model"] == NAME and meta["input_size"] == SIZE and meta["resize_size"] == SIZE
+    assert classes == sorted(p.name for p in (shapes / "val").iterdir())
     val = sorted((shapes / "val").rglob("*.png"))
     # what the model predicts for each image, computed here through the Python API
     model = npvit.create_model(pretrained=model_file).eval()
@@ -80,6 +85,9 @@ def test_predict_eval_scoremap_by_name_without_torch(shapes, model_file, tmp_pat
         assert row["images"] == len(list((shapes / "val" / row["class"]).glob("*.png")))
         assert row["correct"] == int(((labels == k) & (predicted == k)).sum())
     assert result["top1"] == pytest.approx(np.mean(predicted == labels))
+    # ... and what finetune measured on the same folder after its last epoch
+    history = json.loads((model_file.parent / "run.json").read_text())["epochs"]
+    assert result["top1"] == pytest.approx(history[-1]["val_acc"])
     confusion = np.array(result["confusion"])
     assert confusion.sum() == len(val) and np.trace(confusion) == (predicted == labels).sum()
     assert Image.open(confusion_png).format == "PNG"

@@ -203,7 +203,7 @@ def test_anchors_for_a_model_the_weights_do_not_match(made, tmp_path, capsys):
     err = _one_line_error(common, capsys)
     assert f"{made['ckpt']} holds mobilevit_xxs weights, but {anchors} anchor only mobilevitv2_050" in err
     err = _one_line_error([*common, "--model", "mobilevitv2_050"], capsys)
-    assert f"{made['ckpt']} does not fit mobilevitv2_050" in err
+    assert f"{made['ckpt']} holds mobilevit_xxs weights, not mobilevitv2_050" in err
 
 
 def test_other_selection_errors(made, tmp_path, capsys):

@@ -220,9 +220,12 @@ print("hand-derived backward == npvit's conv2d_backward")
 #
 # $$ \mathrm{rel}(x, y) = \max_i \frac{|x_i - y_i|}{\max(10^{-8}, |x_i| + |y_i|)} $$
 #
-# (`relative_error` in `tutorial_setup.py`). In float64, below about 1e-7 means right; 1e-2
-# or more means a bug. (npvit's own `check_gradients` divides by the largest entry instead, so
-# a tiny entry with a large *relative* difference cannot dominate — a milder test.)
+# (`relative_error` in `tutorial_setup.py`). Between two exact computations in float64 (your
+# backward and npvit's) it is about 1e-12 or less; against finite differences, which carry an
+# absolute error near 1e-10, a gradient entry close to zero can reach 1e-6, so the checkers
+# allow 1e-9 against npvit and 1e-5 against finite differences; a bug gives 1e-2 or more.
+# (npvit's own `check_gradients` divides by the largest entry instead, so a tiny entry with a
+# large *relative* difference cannot dominate — a milder test.)
 #
 # Finite differences assume the function is smooth around the point. A **kink** breaks that:
 # ReLU's derivative jumps from 0 to 1 at 0, and a centred difference whose two points straddle
@@ -279,7 +282,7 @@ def check_conv2d_backward(candidate):
     num, idx = numeric_gradient(lambda: conv2d_loops(xs, ws, bs, stride, pad), xs, up,
                                 max_coords=20)
     err = relative_error(got[0].reshape(-1)[idx], num)
-    assert err < 1e-6, f"dx differs from finite differences of conv2d_loops: {err:.1e}"
+    assert err < 1e-5, f"dx differs from finite differences of conv2d_loops: {err:.1e}"
 
 
 exercises.check(conv2d_backward_loops, check_conv2d_backward)
@@ -384,7 +387,7 @@ def check_depthwise_backward(candidate):
             return F.conv2d_forward(xs, ws, None, stride=stride, padding=1, groups=5)[0]
         num, idx = numeric_gradient(loss, ws, up)
         err = relative_error(dw_c.reshape(-1)[idx], num)
-        assert err < 1e-6, f"dw differs from finite differences at stride {stride}: {err:.1e}"
+        assert err < 1e-5, f"dw differs from finite differences at stride {stride}: {err:.1e}"
 
 
 exercises.check(depthwise_conv2d_backward, check_depthwise_backward)

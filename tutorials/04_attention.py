@@ -18,8 +18,9 @@
 # express, counts their operations, measures their memory, and redraws the paper's Fig. 1
 # (latency against k) with honest timings.
 #
-# Set `NPVIT_FIG1_FULL=1` to time the paper's full range k = 256 ... 16384 (minutes, and
-# MHA needs many GiB at the top); by default a small range runs in seconds.
+# Set `NPVIT_FIG1_FULL=1` to time the paper's full range k = 256 ... 16384 (at the top, MHA's
+# (h, k, k) float32 scores alone are 8 x 16384^2 x 4 bytes = 8 GiB); by default a small
+# range runs.
 
 # %%
 import os
@@ -57,9 +58,10 @@ FIG1_FULL = os.environ.get("NPVIT_FIG1_FULL", "") not in ("", "0")
 # So `ds = y * (dy - sum(dy * y))`: O(k) per row instead of building the (k x k) Jacobian.
 # Below: the Jacobian from the formula against one built column by column with finite
 # differences, and the O(k) product against the Jacobian and against npvit's `softmax_backward`.
-# (`relative_error` in tutorials 4-8 is npvit's `max |a - b| / max(|a|, |b|)` over the whole
-# array, the number `check_gradients` reports: scale-free, so entries that are nearly zero do
-# not turn rounding noise into a large error, as tutorial 1's element-wise version can.)
+# (`relative_error` in tutorials 4, 5, 6 and 8 is npvit's `max |a - b| / max(|a|, |b|)` over
+# the whole array, the number `check_gradients` reports: scale-free, so entries that are
+# nearly zero do not turn rounding noise into a large error, as tutorial 1's element-wise
+# version can.)
 
 # %%
 def softmax(s):
@@ -163,7 +165,8 @@ def mha_backward_by_hand(dy, cache):
 g = rng.standard_normal(y_mha.shape)
 by_hand = [mha_backward_by_hand(g[b], mha_forward_by_hand(x[b], **mha_params, h=h)[1])
            for b in range(2)]
-ours = (np.stack([by_hand[0][0], by_hand[1][0]]),) + tuple(a + b for a, b in zip(by_hand[0][1:], by_hand[1][1:]))
+ours = (np.stack([by_hand[0][0], by_hand[1][0]]),                      # dx per sample
+        *(a + b for a, b in zip(by_hand[0][1:], by_hand[1][1:])))      # parameters: summed
 npvit_grads = F.multi_head_attention_backward(g, mha_cache)
 errs = [relative_error(a, b) for a, b in zip(ours, npvit_grads)]
 print("MHA backward by hand vs npvit (dx, dW_qkv, db_qkv, dW_proj, db_proj):",
@@ -247,11 +250,13 @@ mha_attention = mha_cache["attention"][0, 0]
 print("rank of the k x k weights: MHA", np.linalg.matrix_rank(mha_attention),
       "| separable as an attention matrix", np.linalg.matrix_rank(as_attention))
 assert np.linalg.matrix_rank(as_attention) == 1 and np.linalg.matrix_rank(mha_attention) == k
-_, _, key_, v_, attention_, o_, _, _ = mha_forward_by_hand(x[0], **mha_params, h=h)[1]
+mha_sample_cache = mha_forward_by_hand(x[0], **mha_params, h=h)[1]
+values, head_outputs = mha_sample_cache[3], mha_sample_cache[5]        # V and O, (k, d) each
 for j in range(h):   # each head's output lies within the range of its values, channel by channel
     cols = slice(j * d // h, (j + 1) * d // h)
-    assert np.all(o_[:, cols] >= v_[:, cols].min(axis=0) - 1e-12)
-    assert np.all(o_[:, cols] <= v_[:, cols].max(axis=0) + 1e-12)
+    assert np.all(head_outputs[:, cols] >= values[:, cols].min(axis=0) - 1e-12)
+    assert np.all(head_outputs[:, cols] <= values[:, cols].max(axis=0) + 1e-12)
+print("every MHA head output lies within the range of its values (a convex combination)")
 
 # %% [markdown]
 # ### Its backward, written out
@@ -344,9 +349,10 @@ assert abs(kink_errors[0] - 1 / 3) < 0.01 and kink_errors[1] < 1e-3
 # scores (how much each token contributes to the shared context).
 
 # %%
-fig, (ax0, ax1) = plt.subplots(1, 2, figsize=(10.5, 4), gridspec_kw={"width_ratios": [1.15, 1.3]})
+fig, (ax0, ax1) = plt.subplots(1, 2, figsize=(12, 4.2), gridspec_kw={"width_ratios": [1.15, 1.3]},
+                               layout="constrained")
 im = ax0.imshow(mha_attention, cmap="viridis", vmin=0)
-fig.colorbar(im, ax=ax0, label="attention weight (each row sums to 1)", shrink=0.85)
+fig.colorbar(im, ax=ax0, label="weight (rows sum to 1)", shrink=0.85)
 ax0.set(title=f"MHA: attention weights A, head 0 ({k} x {k})", xlabel="key token",
         ylabel="query token")
 ax1.bar(range(k), c_s, color="tab:orange")

@@ -331,43 +331,55 @@ assert np.allclose(maps["MobileViT v1 block"][~core], maps["v1 block without the
 # %% [markdown]
 # ## The receptive field of the whole network
 #
-# The same probe on a whole network (`mobilevit_xxs`, random weights) shows where the global
-# view begins. Put the unit gradient on the centre pixel of each stage's output and run the
-# backward through that stage and everything before it down to the image: the stem and the
-# first two stages are convolutions (a window that grows with depth: its side is printed
-# below), and from stage 2 on — right after the **first MobileViT block**, at output stride
-# 8 — every pixel of the image reaches every output pixel.
+# The same probe on whole networks (`mobilevit_xxs` and `mobilevitv2_050`, random weights)
+# shows where the global view begins. Put the unit gradient on the centre pixel of each
+# stage's output and run the backward through that stage and everything before it down to
+# the image: the stem and the first two stages are convolutions (a window that grows with
+# depth: its side is printed below), and from stage 2 on — right after the **first MobileViT
+# block**, at output stride 8 — every pixel of the image reaches every output pixel, in both
+# versions. Inside the global map the convolutional window of the earlier stages can stay
+# brighter (clearly so in v2 at OS 8): the transformer layers' identity paths carry the local
+# features through, the attention adds the rest of the image on top.
 
 # %%
-net = npvit.create_model("mobilevit_xxs", seed=0).astype(np.float64).eval()
+def stage_receptive_fields(net, image):
+    """{stage name: (H, W) map of sum_c |d centre pixel of that stage's output / d image|}."""
+    maps = {}
+    for last in range(len(net.stages)):
+        features = net.stem.forward(image)
+        for stage in net.stages[:last + 1]:
+            features = stage.forward(features)
+        g = np.zeros_like(features)
+        g[0, :, features.shape[2] // 2, features.shape[3] // 2] = 1.0
+        for stage in reversed(net.stages[:last + 1]):          # backward: last stage first
+            g = stage.backward(g)
+        stride = image.shape[2] // features.shape[2]
+        maps[f"stages.{last} (OS {stride})"] = np.abs(net.stem.backward(g)).sum(axis=(0, 1))
+    return maps
+
+
 net_side = 64 if FAST else 128
 image = rng.random((1, 3, net_side, net_side))
-net_maps = {}
-for last in range(len(net.stages)):
-    features = net.stem.forward(image)
-    for stage in net.stages[:last + 1]:
-        features = stage.forward(features)
-    g = np.zeros_like(features)
-    g[0, :, features.shape[2] // 2, features.shape[3] // 2] = 1.0
-    for stage in reversed(net.stages[:last + 1]):          # backward: last stage first
-        g = stage.backward(g)
-    net_maps[f"stages.{last} (output stride {net_side // features.shape[2]})"] = \
-        np.abs(net.stem.backward(g)).sum(axis=(0, 1))    # (net_side, net_side)
+net_maps = {name: stage_receptive_fields(npvit.create_model(name, seed=0).astype(np.float64).eval(), image)
+            for name in ("mobilevit_xxs", "mobilevitv2_050")}
 
-fig, axes = plt.subplots(1, len(net_maps), figsize=(3.6 * len(net_maps), 3.8))
-for ax, (name, m) in zip(axes, net_maps.items()):
-    im = ax.imshow(np.log10(m / m.max() + 1e-12), cmap="magma", vmin=-6, vmax=0)
-    ax.set(title=f"{name}\n{np.mean(m > 0):.0%} of the image", xticks=[], yticks=[])
+fig, axes = plt.subplots(2, 5, figsize=(16, 7.4))
+for row, (net_name, maps_of_net) in zip(axes, net_maps.items()):
+    for ax, (name, m) in zip(row, maps_of_net.items()):
+        im = ax.imshow(np.log10(m / m.max() + 1e-12), cmap="magma", vmin=-6, vmax=0)
+        ax.set(title=f"{name}\n{np.mean(m > 0):.0%} of the image", xticks=[], yticks=[])
+    row[0].set_ylabel(net_name, fontsize=12)
 fig.colorbar(im, ax=axes, label="log10 sensitivity (max = 1)", shrink=0.8)
-fig.suptitle(f"mobilevit_xxs, {net_side}x{net_side} input: which image pixels reach the centre "
-             "output pixel of each stage")
+fig.suptitle(f"{net_side}x{net_side} input: which image pixels reach the centre output pixel "
+             "of each stage")
 show(fig, "05_network_receptive_field.png")
-coverage = [np.mean(m > 0) for m in net_maps.values()]
-for (name, m), c in zip(net_maps.items(), coverage):
-    rows, cols = np.nonzero(m)
-    print(f"{name}: {c:4.0%} of the image reaches the centre pixel, a window of "
-          f"{rows.max() - rows.min() + 1} x {cols.max() - cols.min() + 1} pixels")
-assert coverage[0] < coverage[1] < 1 and all(c == 1 for c in coverage[2:])
+for net_name, maps_of_net in net_maps.items():
+    coverage = [np.mean(m > 0) for m in maps_of_net.values()]
+    for (name, m), c in zip(maps_of_net.items(), coverage):
+        rows, cols = np.nonzero(m)
+        print(f"{net_name} {name}: {c:4.0%} of the image reaches the centre pixel, a window of "
+              f"{rows.max() - rows.min() + 1} x {cols.max() - cols.min() + 1} pixels")
+    assert coverage[0] < coverage[1] < 1 and all(c == 1 for c in coverage[2:])
 
 # %% [markdown]
 # ## The same numbers as timm

@@ -101,7 +101,8 @@ print("two backward passes, no zero_grad: weight.grad == g_a^T x_a + g_b^T x_b")
 # overwritten. The parameter can be shared.) Here with the backward order written out:
 
 # %%
-first, second = npvit.nn.Linear(3, 3, bias=False, dtype=np.float64), npvit.nn.Linear(3, 3, bias=False, dtype=np.float64)
+first = npvit.nn.Linear(3, 3, bias=False, dtype=np.float64)
+second = npvit.nn.Linear(3, 3, bias=False, dtype=np.float64)
 second.weight = first.weight                    # one Parameter, used twice
 tiny = npvit.nn.Sequential(first, npvit.nn.SiLU(), second)
 x_s = rng.standard_normal((4, 3))
@@ -113,8 +114,9 @@ for layer in reversed(list(tiny)):              # what Sequential.backward does
     dy = layer.backward(dy)
 w = first.weight
 num, idx = numeric_gradient(lambda: tiny.forward(x_s), w.data, g_s)
-print(f"shared weight: accumulated gradient vs finite differences {relative_error(w.grad.reshape(-1)[idx], num):.1e}")
-assert relative_error(w.grad.reshape(-1)[idx], num) < 1e-8
+err = relative_error(w.grad.reshape(-1)[idx], num)
+print(f"shared weight: accumulated gradient vs finite differences {err:.1e}")
+assert err < 1e-8
 
 # %% [markdown]
 # ### SiLU
@@ -249,9 +251,11 @@ g_h = rng.standard_normal((2, 5))
 head.zero_grad()
 head(x_h)
 dx_module = head.backward(g_h)
-dx_hand, dw_hand, db_hand = head_backward_by_hand(g_h, head_forward_by_hand(x_h, head.fc.weight.data, head.fc.bias.data)[1])
+_, head_cache = head_forward_by_hand(x_h, head.fc.weight.data, head.fc.bias.data)
+dx_hand, dw_hand, db_hand = head_backward_by_hand(g_h, head_cache)
 forward, backward = wrap_op(head_forward_by_hand, head_backward_by_hand, ["x", "w", "b"])
-fd = check_gradients(forward, backward, {"x": x_h, "w": head.fc.weight.data.copy(), "b": head.fc.bias.data.copy()})
+fd = check_gradients(forward, backward,
+                     {"x": x_h, "w": head.fc.weight.data.copy(), "b": head.fc.bias.data.copy()})
 err_npvit = max(relative_error(dx_hand, dx_module), relative_error(dw_hand, head.fc.weight.grad),
                 relative_error(db_hand, head.fc.bias.grad))
 print(f"head by hand vs ClassifierHead {err_npvit:.0e}; vs finite differences",
@@ -347,6 +351,39 @@ print("three AdamW steps by hand vs", ", ".join(f"{n} {e:.0e}" for n, e in errs.
 assert max(errs.values()) < 1e-14
 if torch is None:
     skip_without_torch("the comparison of SiLU, cross-entropy and AdamW with PyTorch")
+
+# %% [markdown]
+# ### Accumulating micro-batches, and why BatchNorm breaks it
+#
+# Accumulation also lets a training step see a batch too big for memory: run it in
+# micro-batches, call `backward` on each without `zero_grad`, and the gradients add up. For a
+# mean loss, scaling each micro-batch's `dL/dz` by its share of the batch makes the sum equal
+# the full batch's gradient — exactly, as long as the samples do not interact. BatchNorm in
+# training mode makes them interact: it normalises with the statistics *of the batch it sees*,
+# so two half-batches are normalised differently from the whole one. In eval mode (running
+# statistics) the equality is exact again. A small network (inverted residual + head),
+# 8 images, as one batch and as two micro-batches of 4:
+
+# %%
+small = npvit.nn.Sequential(InvertedResidual(8, 8, dtype=np.float64), ClassifierHead(8, 3, dtype=np.float64))
+x_mb, y_mb = rng.standard_normal((8, 8, 5, 5)), rng.integers(0, 3, 8)
+
+
+def gradients(micro_batches, training):
+    """Every parameter gradient of the mean loss over x_mb, accumulated over micro-batches."""
+    small.train(training)
+    small.zero_grad()
+    for part in np.array_split(np.arange(len(x_mb)), micro_batches):
+        _, cache = F.cross_entropy_forward(small(x_mb[part]), y_mb[part])
+        small.backward(F.cross_entropy_backward(cache) * len(part) / len(x_mb))   # its share
+    return np.concatenate([p.grad.ravel() for p in small.parameters()])
+
+
+for training in (False, True):
+    err = relative_error(gradients(2, training), gradients(1, training))
+    print(f"{'training' if training else 'eval'} mode: two micro-batches vs one batch, relative error {err:.1e}")
+    assert err < 1e-12 if not training else err > 1e-3
+small.eval()
 
 # %% [markdown]
 # ### Exercises

@@ -112,8 +112,8 @@ axes[0].imshow(image_rgb)
 axes[0].set(title="input", xticks=[], yticks=[])
 # scores times N: 1 is a uniform share (untrained weights stay close to it)
 for ax, picture, title, aspect, cmap, label in (
-        (axes[1], r.weights[0, 0] * n_tokens, "1. scores (P, N)", "auto", "viridis", "score x N (1 = uniform)"),
-        (axes[2], on_grid * n_tokens, "2. pixel-shuffled (2n_h, 2n_w)", "equal", "viridis", "score x N (1 = uniform)"),
+        (axes[1], r.weights[0, 0] * n_tokens, "1. scores (P, N)", "auto", "viridis", "score x N (1: uniform)"),
+        (axes[2], on_grid * n_tokens, "2. pixel-shuffled (2n_h, 2n_w)", "equal", "viridis", "score x N (1: uniform)"),
         (axes[3], by_hand, "3-4. normalised, upsampled, jet", "equal", "jet", "min-max normalised score")):
     im = ax.imshow(picture, aspect=aspect, interpolation="nearest", cmap=cmap)
     fig.colorbar(im, ax=ax, label=label, shrink=0.85, format=FuncFormatter(lambda v, _: f"{v:.6g}"))
@@ -191,8 +191,8 @@ num, idx = npvit.gradcheck.numeric_gradient(lambda: raw_map_forward(scores, r.gr
 print(f"map backward vs finite differences: {relative_error(d_scores.reshape(-1)[idx], num):.1e}; "
       f"{np.count_nonzero(d_scores)} of the {scores.size} scores reach the box")
 assert relative_error(d_scores.reshape(-1)[idx], num) < 1e-8
-assert np.array_equal(raw_map_forward(scores, r.grid, crop)[::crop // on_grid.shape[0], ::crop // on_grid.shape[1]],
-                      on_grid)
+step_px = crop // on_grid.shape[0]                 # the map repeats each score step_px times
+assert np.array_equal(raw_map_forward(scores, r.grid, crop)[::step_px, ::step_px], on_grid)
 
 # %% [markdown]
 # ## MobileViT v1: multi-head attention maps on the photo

@@ -2,7 +2,7 @@
 each once to ``.npz`` (what ``create_model(name, pretrained=True)`` then loads)."""
 from __future__ import annotations
 
-from ..weights import OFFICIAL, SEGMENTATION, cache_dir, official, pretrained_path
+from ..weights import DETECTION, OFFICIAL, SEGMENTATION, cache_dir, official, pretrained_path
 
 
 def run(args) -> int:
@@ -14,6 +14,9 @@ def run(args) -> int:
         print("segmentation (mIoU as reported; params without the train-only aux head):")
         for entry in SEGMENTATION.values():
             print(f"  {entry.name:33s} mIoU {entry.miou:5.2f}%  {entry.params:>10,} params  {entry.url}")
+        print("detection (COCO val2017 box mAP as reported):")
+        for entry in DETECTION.values():
+            print(f"  {entry.name:33s} mAP  {entry.map:5.2f}   {entry.params:>10,} params  {entry.url}")
         return 0
     for name in names:
         official(name)   # unknown names fail before anything is downloaded

@@ -27,6 +27,10 @@ is chance (0.1%) and measures nothing.
 An image that cannot be used is reported in one line ("npvit: error: FILE: problem") and
 skipped; accuracy is over the images that were read. Exit code: 0 when every image was
 evaluated, 1 when some were skipped (so scripts notice), 2 for a usage or setup error.
+
+A COCO-layout folder (DIR/annotations/instances_*.json and its images) is evaluated with a
+detector instead (--model ssdlite_..._coco, default ssdlite_mobilevitv2_050_coco): COCO box
+mAP, AP50, AP75 and AP small/medium/large, computed in NumPy (npvit/detection/evaluate.py).
 """
 from __future__ import annotations
 
@@ -137,6 +141,10 @@ class Tally:
 
 
 def run(args) -> int:
+    from ..detection.coco_folder import is_coco_folder
+    if is_coco_folder(args.directory):          # COCO layout: detection mAP (detection/evaluate.py)
+        from ..detection.evaluate import run as run_detection
+        return run_detection(args)
     from ..segmentation import evaluate as segmentation_eval
     if segmentation_eval.wanted(args):   # a segmentation release or a VOC / ADE20k folder
         return segmentation_eval.run(args)
@@ -240,7 +248,8 @@ def _save_confusion(confusion: np.ndarray, names, path, title: str) -> None:
 def add_parser(sub):
     p = sub.add_parser("eval", help="top-1 / top-5 accuracy on a folder of labelled ImageNet images",
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("directory", metavar="DIR", help="DIR/<wnid>/<image> or DIR/<wnid>_*.JPEG")
+    p.add_argument("directory", metavar="DIR", help="DIR/<wnid>/<image> or DIR/<wnid>_*.JPEG; or a "
+                   "COCO folder (DIR/annotations/instances_*.json + images): detection mAP")
     add_model_and_weights(p)
     p.add_argument("--batch-size", type=int, default=16, help="images per forward pass (default 16)")
     p.add_argument("--limit", type=int, metavar="N", help="evaluate N images spread over the folder")

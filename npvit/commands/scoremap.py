@@ -75,7 +75,8 @@ def run(args) -> int:
         label = imagenet_classes()[top].name if names is None else names[top]
         title += f": {label} ({probabilities[top]:.0%})"
     if box is not None:
-        _print_box_mass(records, x.shape[2:], preprocessed_box(box, image.size, args.size, resize))
+        box = preprocessed_box(box, image.size, args.size, resize)     # network-input pixels
+        _print_box_mass(records, x.shape[2:], box)
     image_rgb = figures.display_image(x, get_pipeline(pipeline).channel_order)
     per_layer = args.layer == "all"
     if model.version == 2:
@@ -87,6 +88,8 @@ def run(args) -> int:
             image_rgb, head_attention_maps(records, x.shape[2:], point, per_layer),
             f"Attention maps: {title}", args.overlay)
 
+    if box is not None:
+        figures.outline_box(fig, box)
     output = Path(args.output or f"{Path(args.image).stem}_{model.name}.png")
     try:
         fig.savefig(output, dpi=figures.DPI)

@@ -220,3 +220,27 @@ def check_input(x) -> np.ndarray:
     if not np.isfinite(x).all():
         raise NpvitError("the input contains NaN or Inf values")
     return x
+
+
+def preprocess_resized(image: Image.Image, pipeline: str, height: int, width: int) -> np.ndarray:
+    """PIL image -> float32 (3, height, width) in [0, 1]: resized to exactly height x width
+    (aspect ratio NOT kept, no crop) with the pipeline's filter and channel order. This is the
+    detectors' evaluation input (ml-cvnets ``--evaluation.detection.resize-input-images``:
+    v0.1 cv2.resize INTER_LINEAR on the BGR image, v0.2+ PIL bicubic on the RGB image, both to
+    320 x 320; dense/NOTES.md 2.5)."""
+    spec = get_pipeline(pipeline)
+    if min(height, width) < MIN_SIDE:
+        raise NpvitError(f"input size {height}x{width} is below the {MIN_SIDE}-pixel minimum")
+    image = to_rgb(image)
+    if image.size == (width, height):
+        pixels = np.asarray(image)
+    elif spec.resample == "opencv-bilinear":
+        pixels = resize_opencv_bilinear(np.asarray(image), width, height)
+    else:
+        pil_filter = {"pil-bicubic": Image.Resampling.BICUBIC,
+                      "pil-bilinear": Image.Resampling.BILINEAR}[spec.resample]
+        pixels = np.asarray(image.resize((width, height), pil_filter))
+    x = pixels.transpose(2, 0, 1).astype(np.float32) / np.float32(255)      # (3, H, W) RGB
+    if spec.channel_order == "BGR":
+        x = x[::-1]
+    return np.ascontiguousarray(x)

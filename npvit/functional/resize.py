@@ -2,7 +2,8 @@
 
 Bilinear interpolation is separable and linear, so resizing (H, W) -> (H_out, W_out) is
     y = A_h @ x @ A_w^T,
-with A_h (H_out, H) and A_w (W_out, W) sparse interpolation matrices (two non-zeros a row).
+with A_h (H_out, H) and A_w (W_out, W) sparse interpolation matrices (at most two non-zeros a
+row; one where the sample falls on, or is clamped to, a pixel).
 The backward is then just the transposed products, dx = A_h^T @ dy @ A_w — the adjoint.
 
 Where each output pixel samples (PyTorch, size given, no scale_factor):

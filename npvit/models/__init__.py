@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..errors import NpvitError
-from . import mobilevit, mobilevit_v2, segmentation
+from . import mobilevit, mobilevit_v2, segmentation, ssdlite
 from .backbone import MobileViTBackbone
 from .network import MobileViTNet
 from .segmentation import SegmentationModel
@@ -13,12 +13,14 @@ _BUILDERS = {**{n: mobilevit.build for n in mobilevit.CONFIGS},
              **{n: mobilevit_v2.build for n in mobilevit_v2.WIDTHS}}
 
 # Model names by task, each in release order.
-TASKS = {"classification": list(_BUILDERS), "segmentation": list(segmentation.RELEASES)}
+TASKS = {"classification": list(_BUILDERS), "segmentation": list(segmentation.RELEASES),
+         "detection": list(ssdlite.RELEASES)}
 
 
 def list_models(task: str = "classification") -> list[str]:
     """The names of ``task``: "classification" (the ten ImageNet variants, v1 first),
-    "segmentation" (the ml-cvnets DeepLabv3 / PSPNet releases) or "all"."""
+    "segmentation" (the ml-cvnets DeepLabv3 / PSPNet releases), "detection" (the SSDLite
+    COCO releases) or "all"."""
     if task == "all":
         return [name for names in TASKS.values() for name in names]
     if task not in TASKS:
@@ -39,10 +41,13 @@ def create_model(name: str | None = None, num_classes: int | None = None, pretra
     starts the classifier afresh (as timm does). drop_rate: dropout before the classifier in
     training (timm's default 0.0; ml-cvnets trained v1 with 0.1). seed: makes the random
     initialisation reproducible. Segmentation releases (``list_models("segmentation")``) take
-    the same arguments; their num_classes defaults to the release's classes.
+    the same arguments; their num_classes defaults to the release's classes. Detection
+    releases (``list_models("detection")``) take pretrained, dtype and seed (81 COCO classes).
     """
     if name in segmentation.RELEASES:
         return segmentation.create(name, num_classes, pretrained, dtype, drop_rate, seed)
+    if name in ssdlite.RELEASES:
+        return ssdlite.create(name, pretrained, dtype, seed)
     state, meta = None, None
     if pretrained and pretrained is not True:
         from ..weights import load_model_file

@@ -112,6 +112,18 @@ def attention_figure(image_rgb: np.ndarray, maps: list[AttentionMaps], title: st
     return fig
 
 
+def outline_box(fig, box, color: str = "white") -> None:
+    """Draw the box [x0, y0, x1, y1] (input pixels, edges) on every image panel of a figure
+    made above (all panels show the input's pixel grid, so one rectangle fits them all)."""
+    from matplotlib.patches import Rectangle
+
+    x0, y0, x1, y1 = box
+    for ax in fig.axes:
+        if ax.axison:
+            ax.add_patch(Rectangle((x0 - 0.5, y0 - 0.5), x1 - x0, y1 - y0, fill=False,
+                                   edgecolor=color, linewidth=1.2, linestyle="--"))
+
+
 def confusion_figure(confusion: np.ndarray, class_names: list[str], title: str):
     """The confusion matrix (K, K) of counts, rows = true class, columns = predicted class,
     each cell shaded by its share of the row (the class's images) and labelled with its count

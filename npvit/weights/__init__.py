@@ -20,3 +20,4 @@ from .registry import OFFICIAL, Checkpoint, check_state, detect_model, num_param
 from .meta import (META_KEY, ModelFile, check_meta, load_model_file, model_meta, read_model_meta,
                    write_model_npz)
 from .registry import SEGMENTATION
+from .registry import DETECTION

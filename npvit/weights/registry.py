@@ -1,7 +1,7 @@
 """The official checkpoints (from ``manifest.json``, the one source of truth, shipped inside the
 package) and the checks that tie a state dict to one of npvit's models: ``OFFICIAL`` holds the
-ten ImageNet-1k classifiers, ``SEGMENTATION`` the segmentation releases; ``official(name)``
-finds either."""
+ten ImageNet-1k classifiers, ``SEGMENTATION`` the segmentation releases, ``DETECTION`` the
+SSDLite COCO detectors; ``official(name)`` finds any of them."""
 from __future__ import annotations
 
 import functools
@@ -26,6 +26,7 @@ class Checkpoint:
     bytes: int | None = None    # None: unknown, not checked
     task: str = "classification"
     miou: float | None = None   # mIoU (%) reported by ml-cvnets (segmentation)
+    map: float | None = None    # COCO val2017 box mAP@[.5:.95] (%) reported (detection)
 
 
 def _load_manifest(section: str) -> dict[str, Checkpoint]:
@@ -35,11 +36,14 @@ def _load_manifest(section: str) -> dict[str, Checkpoint]:
 
 OFFICIAL: dict[str, Checkpoint] = _load_manifest("checkpoints")
 SEGMENTATION: dict[str, Checkpoint] = _load_manifest("segmentation")
+DETECTION: dict[str, Checkpoint] = _load_manifest("detection")
 
 
 def official(name: str) -> Checkpoint:
     if name in SEGMENTATION:
         return SEGMENTATION[name]
+    if name in DETECTION:
+        return DETECTION[name]
     if name not in OFFICIAL:
         raise NpvitError(f"no official checkpoint for {name!r}; choose one of {', '.join(OFFICIAL)} "
                          f"(segmentation: `npvit models --task segmentation`)")
@@ -115,7 +119,8 @@ def detect_model(state: dict[str, np.ndarray], source: str = "checkpoint") -> st
         expected = expected_shapes(name)
         return sum(_shape(v) == expected.get(k) for k, v in state.items())
 
-    best = max(segmentation_candidates(state) or list_models(), key=score)
+    detectors = list_models("detection") if any(k.startswith("ssd_heads.") for k in state) else []
+    best = max(segmentation_candidates(state) or detectors or list_models(), key=score)
     if score(best) < 0.5 * len(expected_shapes(best)):
         raise NpvitError(f"{source} does not look like any MobileViT variant npvit knows "
                          f"(at best {score(best)} of {len(expected_shapes(best))} {best} tensors "
