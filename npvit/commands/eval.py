@@ -268,7 +268,8 @@ def _save_confusion(confusion: np.ndarray, names, path, title: str) -> None:
 
 
 def add_parser(sub):
-    p = sub.add_parser("eval", help="top-1 / top-5 accuracy on a folder of labelled ImageNet images",
+    p = sub.add_parser("eval", help="top-1 / top-5 accuracy on a folder of labelled ImageNet images "
+                                    "(mIoU on PASCAL VOC / ADE20k, mAP on COCO)",
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("directory", metavar="DIR", help="DIR/<wnid>/<image> or DIR/<wnid>_*.JPEG; or a "
                    "COCO folder (DIR/annotations/instances_*.json + images): detection mAP")
