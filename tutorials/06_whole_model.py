@@ -383,7 +383,6 @@ for training in (False, True):
     err = relative_error(gradients(2, training), gradients(1, training))
     print(f"{'training' if training else 'eval'} mode: two micro-batches vs one batch, relative error {err:.1e}")
     assert err < 1e-12 if not training else err > 1e-3
-small.eval()
 
 # %% [markdown]
 # ### Exercises
