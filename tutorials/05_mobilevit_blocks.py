@@ -23,7 +23,7 @@ import numpy as np
 
 import npvit
 from npvit import functional as F
-from npvit.gradcheck import numeric_gradient, relative_error
+from npvit.gradcheck import numeric_gradient, relative_error   # max|a-b| / max(|a|, |b|), tutorial 4
 from npvit.nn.blocks import MobileViTBlock, MobileViTBlockV2
 from tutorial_setup import Exercises, FAST, optional_torch, plt, show, skip_without_torch
 

@@ -43,6 +43,7 @@ import numpy as np
 import npvit
 from npvit import functional as F
 from npvit import train
+# relative_error: npvit's scale-free max|a - b| / max(|a|, |b|) (tutorial 4)
 from npvit.gradcheck import check_gradients, numeric_gradient, relative_error, wrap_op
 from npvit.models.network import ClassifierHead
 from npvit.nn.blocks import InvertedResidual

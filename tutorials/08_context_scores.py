@@ -30,7 +30,7 @@ from npvit import functional as F
 from npvit import viz, weights
 from npvit.data import default_pipeline, example_image_path, load_image, preprocess
 from npvit.viz.figures import attention_figure, display_image, score_map_figure
-from npvit.gradcheck import relative_error
+from npvit.gradcheck import relative_error   # max|a-b| / max(|a|, |b|), tutorial 4
 from tutorial_setup import Exercises, FAST, plt, show
 
 NAME = "mobilevitv2_050"
