@@ -12,7 +12,7 @@ from .errors import NpvitError, error_line
 
 # Order is the order in `npvit --help`.
 COMMANDS = ["predict", "eval", "models", "gradcheck", "convert", "download", "bench", "scoremap",
-            "finetune", "verify", "synthetic"]
+            "finetune", "verify", "synthetic", "segment", "detect"]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -30,12 +30,13 @@ from typing import NamedTuple
 import numpy as np
 
 from . import opcount
-from .data import MIN_SIDE, PIPELINES, default_pipeline, imagenet_classes
+from .data import DEFAULT_CROP_SIZE, MIN_SIDE, PIPELINES, default_pipeline, imagenet_classes
 from .errors import NpvitError
 from .functional import softmax_forward
 from .models import MobileViTNet, create_model, list_models
 from .nn import no_grad
-from .weights import cache_dir, convert_checkpoint, local_weights, official, pretrained_path
+from .weights import (cache_dir, convert_checkpoint, load_model_file, local_weights, official,
+                      pretrained_path, read_model_meta)
 from .weights.keymap import LAYOUT_NAMES
 
 # The smallest MobileViTv2 (1.37 M parameters, 70.18% top-1): quick on a laptop CPU, and its
@@ -67,6 +68,24 @@ def pipeline_for(model_name: str, preprocess: str | None = "cvnets") -> str:
     return preprocess
 
 
+def model_file_settings(weights, preprocess: str | None = None, size: int | None = None
+                        ) -> tuple[dict | None, str | None, int, int | None]:
+    """(meta, preprocess, size, resize size) for a command given ``--weights``: what the user
+    did not give comes from the model file's meta when it has one (its pipeline, its input
+    size and resize size), else the defaults (None = the family's pipeline; 256)."""
+    meta = read_model_meta(weights) if weights is not None else None
+    resize = None
+    if meta is not None:
+        if meta["preprocess"] not in PIPELINES:
+            raise NpvitError(f"{weights}: its preprocessing {meta['preprocess']!r} is not one "
+                             f"of this npvit's ({', '.join(PIPELINES)})")
+        if preprocess is None:
+            preprocess = meta["preprocess"]
+        if size is None:
+            size, resize = meta["input_size"], meta.get("resize_size")
+    return meta, preprocess, DEFAULT_CROP_SIZE if size is None else size, resize
+
+
 def missing_weights_message(name: str) -> str:
     """One line: no official weights for ``name`` here, and the ways to get some."""
     return (f"no official weights for {name} in {cache_dir()}: run `npvit download {name}` "
@@ -79,13 +98,16 @@ def load_model(name: str | None = None, weights=None, fallback_random: bool = Fa
     """(model in eval mode, one line saying where its weights came from); see the module
     docstring for the order. ``name`` may be None when ``weights`` is given: the variant is then
     detected from the checkpoint's keys and shapes. ``seed`` fixes the random weights."""
-    if name is not None and name not in list_models():
-        raise NpvitError(f"unknown model {name!r}; choose one of {', '.join(list_models())}")
+    if name is not None and name not in list_models("all"):
+        raise NpvitError(f"unknown model {name!r}; choose one of {', '.join(list_models('all'))}")
     if weights is not None:
-        converted = convert_checkpoint(weights, model=name)
-        model = create_model(converted.model)
-        model.load_state_dict(converted.state)
-        source = f"weights {weights} ({LAYOUT_NAMES[converted.layout]} layout)"
+        loaded = load_model_file(weights, model=name)   # a file of another variant: one line
+        model = create_model(loaded.model, num_classes=loaded.num_classes)
+        model.load_state_dict(loaded.state)
+        model.meta = loaded.meta
+        what = (f"{loaded.num_classes} classes" if loaded.meta
+                else f"{LAYOUT_NAMES[loaded.layout]} layout")
+        source = f"weights {weights} ({what})"
     else:
         name = name or DEFAULT_MODEL
         path = local_weights(name)
@@ -120,19 +142,39 @@ def classify(model: MobileViTNet, batch) -> np.ndarray:
     return probabilities.astype(np.float32)
 
 
-def top_k(probabilities, k: int = 5) -> list[Prediction]:
-    """The ``k`` most probable ImageNet classes of ONE image's probabilities (1000,), best
-    first; equal probabilities are ordered by class index."""
+def top_k(probabilities, k: int = 5, class_names: list[str] | None = None) -> list[Prediction]:
+    """The ``k`` most probable classes of ONE image's probabilities, best first (all of them
+    when there are fewer than k); equal probabilities are ordered by class index.
+    class_names None: the 1000 ImageNet classes (wnid and name); else the names of the
+    model's outputs (wnid "")."""
     probabilities = np.asarray(probabilities)
-    classes = imagenet_classes()
-    if probabilities.shape != (len(classes),):
-        raise NpvitError(f"expected one image's {len(classes)} class probabilities, "
+    if class_names is None:
+        imagenet = imagenet_classes()
+        wnids, names = [c.wnid for c in imagenet], [c.name for c in imagenet]
+    else:
+        wnids, names = [""] * len(class_names), list(class_names)
+    if probabilities.shape != (len(names),):
+        raise NpvitError(f"expected one image's {len(names)} class probabilities, "
                          f"got shape {probabilities.shape}")
     if k < 1:
         raise NpvitError(f"top-k needs k >= 1, got {k}")
     order = np.argsort(-probabilities, kind="stable")[:k]
-    return [Prediction(rank, int(i), classes[i].wnid, classes[i].name, float(probabilities[i]))
+    return [Prediction(rank, int(i), wnids[i], names[i], float(probabilities[i]))
             for rank, i in enumerate(order, start=1)]
+
+
+def class_names(model: MobileViTNet) -> tuple[list[str] | None, str | None]:
+    """(names of the model's outputs, a one-line note or None). From the model file's meta
+    when it has one; None (= ImageNet, for `top_k`) for 1000 outputs without one; otherwise
+    "class 0" ... "class K-1", with a note saying the file names no classes."""
+    if model.meta is not None:
+        return list(model.meta["classes"]), None
+    k = model.head.fc.weight.shape[0]
+    if k == 1000:
+        return None, None
+    return [f"class {i}" for i in range(k)], (
+        f"the weights name none of their {k} classes, so they are labelled class 0 ... "
+        f"class {k - 1} (npvit finetune writes the names into model.npz)")
 
 
 # --- will an input size fit in memory? ------------------------------------------------------------

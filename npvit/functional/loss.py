@@ -1,4 +1,4 @@
-"""Cross-entropy loss with label smoothing, forward and backward.
+"""Losses, forward and backward: cross-entropy with label smoothing, and smooth L1.
 
 With p = softmax(z) for the logits z of one sample and a target distribution q over the C
 classes, the loss is the cross-entropy  L = -sum_c q_c log p_c.  Label smoothing (Szegedy et al.
@@ -101,3 +101,23 @@ def pixel_cross_entropy_backward(cache):
                       axis=1)
     grad *= valid[:, None] / count
     return grad
+
+
+def smooth_l1_forward(pred, target, beta: float = 1.0):
+    """Smooth L1 (Huber-like) loss SUMMED over all elements, as SSD's box loss uses it
+    (torch ``F.smooth_l1_loss(..., reduction="sum")``): with d = pred - target,
+
+        l(d) = 0.5 d^2 / beta   where |d| < beta,     |d| - 0.5 beta   elsewhere.
+
+    pred, target: the same shape, any. Returns (loss as a Python float, cache)."""
+    d = np.asarray(pred) - np.asarray(target)
+    small = np.abs(d) < beta
+    loss = np.where(small, 0.5 * d * d / beta, np.abs(d) - 0.5 * beta).sum()
+    return float(loss), (d, small, beta)
+
+
+def smooth_l1_backward(cache):
+    """-> dpred, the gradient of the summed loss: d / beta inside the quadratic zone, sign(d)
+    outside (dtarget is its negative)."""
+    d, small, beta = cache
+    return np.where(small, d / beta, np.sign(d))

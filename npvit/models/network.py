@@ -85,6 +85,10 @@ class MobileViTNet(Module):
         self.num_features = final_chs or last_chs
         self.head = ClassifierHead(self.num_features, num_classes, drop_rate, dtype=dtype)
 
+    # What the model file said about itself (npvit.weights.meta: model, classes, input size,
+    # preprocessing), set by create_model(pretrained=PATH) and load_model; None otherwise.
+    meta: dict | None = None
+
     # Inference (eval mode under no_grad) runs this many images at a time; None = the whole
     # batch at once. In eval mode images do not interact (BatchNorm uses its running
     # statistics), so the logits are the same either way, but one image's activations (a few

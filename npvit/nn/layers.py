@@ -212,6 +212,16 @@ class Dropout(Module):
         return f"p={self.p}"
 
 
+class Dropout2d(Dropout):
+    """Channel dropout (torch's Dropout2d): in training whole (sample, channel) planes are
+    zeroed with probability p; identity in eval. The dense-prediction heads use it."""
+
+    def forward(self, x):
+        y, mask = F.dropout2d_forward(x, self.p, self.training, self.rng)
+        self.save_cache(("mask", mask))
+        return y
+
+
 class GlobalAvgPool(Module):
     """(N, C, H, W) -> (N, C)."""
 

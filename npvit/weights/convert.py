@@ -11,6 +11,7 @@ import numpy as np
 
 from ..errors import NpvitError
 from .keymap import to_npvit_names
+from .keymap_detection import detector_names
 from .reader import materialise, open_checkpoint
 from .registry import check_state, detect_model
 
@@ -27,7 +28,7 @@ def convert_checkpoint(path, model: str | None = None) -> Converted:
     Names, shapes and dtypes are checked before any tensor is read, values (finite) after."""
     with open_checkpoint(path) as tensors:
         check_dtypes(tensors, path)
-        layout, state = to_npvit_names(tensors)
+        layout, state = detector_names(tensors) or to_npvit_names(tensors)
         model = model or detect_model(state, source=str(path))
         check_state(state, model, source=str(path))
         state = materialise(state, path)

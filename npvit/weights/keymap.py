@@ -23,6 +23,8 @@ import numpy as np
 
 from ..errors import NpvitError
 from .reader import StoredTensor
+from .keymap_segmentation import LAYOUT_NAMES as SEGMENTATION_LAYOUT_NAMES
+from .keymap_segmentation import detect_segmentation_layout, segmentation_to_npvit_names
 
 # --- ml-cvnets -> timm --------------------------------------------------------------------------
 # ml-cvnets wraps every conv+norm(+act) unit as `<unit>.block.{conv,norm}`; inverted residuals
@@ -98,12 +100,17 @@ HF_RULES = [
 
 RULES = {"cvnets": CVNETS_RULES, "hf": HF_RULES}
 # How each key layout is named to people (convert/predict messages).
-LAYOUT_NAMES = {"cvnets": "ml-cvnets", "hf": "Hugging Face", "timm": "timm/npvit"}
+LAYOUT_NAMES = {"cvnets": "ml-cvnets", "hf": "Hugging Face", "timm": "timm/npvit",
+                **SEGMENTATION_LAYOUT_NAMES}
 
 
 def detect_layout(keys) -> str:
-    """'timm' (= npvit), 'cvnets' (official ml-cvnets files) or 'hf' (transformers port)."""
+    """'timm' (= npvit), 'cvnets' (official ml-cvnets files) or 'hf' (transformers port); for
+    segmentation checkpoints 'cvnets-seg' / 'hf-seg' (keymap_segmentation.py)."""
     keys = list(keys)
+    segmentation = detect_segmentation_layout(keys)
+    if segmentation is not None:
+        return segmentation
     if any(k.startswith(("stem.", "stages.")) for k in keys):
         return "timm"
     if any(k.startswith(("conv_1.", "layer_1.")) for k in keys):
@@ -126,6 +133,8 @@ def to_npvit_names(state: dict[str, np.ndarray], layout: str | None = None):
     layout = layout or detect_layout(state)
     if layout == "timm":
         return layout, dict(state)
+    if layout in SEGMENTATION_LAYOUT_NAMES:
+        return layout, segmentation_to_npvit_names(state, layout)
     renamed = {}
     for key, value in state.items():
         new = rename_key(key, RULES[layout])

@@ -1,5 +1,7 @@
 """The official checkpoints (from ``manifest.json``, the one source of truth, shipped inside the
-package) and the checks that tie a state dict to one of npvit's ten variants."""
+package) and the checks that tie a state dict to one of npvit's models: ``OFFICIAL`` holds the
+ten ImageNet-1k classifiers, ``SEGMENTATION`` the segmentation releases, ``DETECTION`` the
+SSDLite COCO detectors; ``official(name)`` finds any of them."""
 from __future__ import annotations
 
 import functools
@@ -14,27 +16,37 @@ from ..errors import NpvitError
 
 @dataclass(frozen=True)
 class Checkpoint:
-    """One official ImageNet-1k checkpoint: where it lives and what it should be."""
+    """One official checkpoint: where it lives and what it should be."""
     name: str                   # npvit / timm model name
     url: str
     file_name: str
-    params: int                 # parameter count of the model
-    top1: float                 # ImageNet-1k top-1 (%) reported by ml-cvnets
+    params: int                 # parameter count of the model (segmentation: without aux head)
+    top1: float | None = None   # ImageNet-1k top-1 (%) reported by ml-cvnets (classifiers)
     sha256: str | None = None   # None: unknown, not checked
     bytes: int | None = None    # None: unknown, not checked
+    task: str = "classification"
+    miou: float | None = None   # mIoU (%) reported by ml-cvnets (segmentation)
+    map: float | None = None    # COCO val2017 box mAP@[.5:.95] (%) reported (detection)
 
 
-def _load_manifest() -> dict[str, Checkpoint]:
+def _load_manifest(section: str) -> dict[str, Checkpoint]:
     text = resources.files(__package__).joinpath("manifest.json").read_text()
-    return {row["name"]: Checkpoint(**row) for row in json.loads(text)["checkpoints"]}
+    return {row["name"]: Checkpoint(**row) for row in json.loads(text)[section]}
 
 
-OFFICIAL: dict[str, Checkpoint] = _load_manifest()
+OFFICIAL: dict[str, Checkpoint] = _load_manifest("checkpoints")
+SEGMENTATION: dict[str, Checkpoint] = _load_manifest("segmentation")
+DETECTION: dict[str, Checkpoint] = _load_manifest("detection")
 
 
 def official(name: str) -> Checkpoint:
+    if name in SEGMENTATION:
+        return SEGMENTATION[name]
+    if name in DETECTION:
+        return DETECTION[name]
     if name not in OFFICIAL:
-        raise NpvitError(f"no official checkpoint for {name!r}; choose one of {', '.join(OFFICIAL)}")
+        raise NpvitError(f"no official checkpoint for {name!r}; choose one of {', '.join(OFFICIAL)} "
+                         f"(segmentation: `npvit models --task segmentation`)")
     return OFFICIAL[name]
 
 
@@ -46,8 +58,9 @@ def expected_shapes(name: str) -> dict[str, tuple]:
 
 
 def _optional(key: str) -> bool:
-    # BatchNorm's step counter does not affect outputs; files may lack it.
-    return key.endswith("num_batches_tracked")
+    # BatchNorm's step counter does not affect outputs; files may lack it. So may the
+    # segmentation releases' train-only aux head (the Hugging Face port drops it).
+    return key.endswith("num_batches_tracked") or key.startswith("aux_head.")
 
 
 def _fits(key: str, shape: tuple, expected: tuple) -> bool:
@@ -100,12 +113,14 @@ def detect_model(state: dict[str, np.ndarray], source: str = "checkpoint") -> st
     keys with the file, so that check_state can then say precisely what differs.
     """
     from ..models import list_models
+    from .keymap_segmentation import segmentation_candidates
 
     def score(name):
         expected = expected_shapes(name)
         return sum(_shape(v) == expected.get(k) for k, v in state.items())
 
-    best = max(list_models(), key=score)
+    detectors = list_models("detection") if any(k.startswith("ssd_heads.") for k in state) else []
+    best = max(segmentation_candidates(state) or detectors or list_models(), key=score)
     if score(best) < 0.5 * len(expected_shapes(best)):
         raise NpvitError(f"{source} does not look like any MobileViT variant npvit knows "
                          f"(at best {score(best)} of {len(expected_shapes(best))} {best} tensors "
