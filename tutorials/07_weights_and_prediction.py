@@ -404,19 +404,29 @@ def counting_macs():
     counter["macs"] += attention.macs
 
 
+def model_parts(model):
+    """[(part, modules run in order)]: stem, stage 1..5, head (v1's final conv and the classifier)."""
+    return ([("stem", [model.stem])] + [(f"stage {i + 1}", [st]) for i, st in enumerate(model.stages)]
+            + [("head", [model.final_conv, model.head])])
+
+
+def stage_params(model):
+    """[(part, parameters)]; they add up to the model's count."""
+    rows = [(part, sum(m.num_parameters() for m in mods)) for part, mods in model_parts(model)]
+    assert sum(r[1] for r in rows) == model.num_parameters()
+    return rows
+
+
 def stage_costs(model, size):
-    """[(part, parameters, multiply-adds)] for stem, stage 1..5, head on one size x size image."""
+    """[(part, parameters, multiply-adds)] for one size x size image."""
     model.eval()                            # with gradients on: the unfolded conv + BN path runs
     x = np.zeros((1, 3, size, size), np.float32)
     rows = []
-    for part, run in [("stem", model.stem)] + [(f"stage {i + 1}", st) for i, st in enumerate(model.stages)]:
+    for (part, mods), (_, params) in zip(model_parts(model), stage_params(model)):
         with counting_macs() as counter:
-            x = run(x)
-        rows.append((part, run.num_parameters(), counter["macs"]))
-    with counting_macs() as counter:
-        model.head(model.final_conv(x))
-    rows.append(("head", model.final_conv.num_parameters() + model.head.num_parameters(), counter["macs"]))
-    assert sum(r[1] for r in rows) == model.num_parameters()
+            for m in mods:
+                x = m(x)
+        rows.append((part, params, counter["macs"]))
     return rows
 
 
@@ -443,9 +453,10 @@ print(f"{'total':10s}" + "".join(f"{sum(r[1] for r in c) / 1e6:8.3f} M {sum(r[2]
 # operation, the separable attention included, is per pixel. v1's attention grows with the
 # square of the number of patches, so its body grows faster.
 for name in PAIRS[0]:
-    small, large = (sum(r[2] for r in stage_costs(npvit.create_model(name), size)[:-1])
-                    for size in (64, 128))
-    print(f"{name}: multiply-adds of stem + stages at 128x128 / at 64x64 = {large / small:.3f}")
+    small = sum(r[2] for r in stage_costs(models[name], SIZE // 2)[:-1])
+    large = sum(r[2] for r in costs[name][:-1])
+    print(f"{name}: multiply-adds of stem + stages at {SIZE}x{SIZE} / at {SIZE // 2}x{SIZE // 2} "
+          f"= {large / small:.3f}")
     assert (large == 4 * small) if name.startswith("mobilevitv2") else (large > 4 * small)
 
 # %% [markdown]
@@ -455,13 +466,14 @@ for name in PAIRS[0]:
 # channel count, including the transformer width d, is alpha times the 1.0 model's (rounded
 # to a multiple of 8). A layer between two widened layers has alpha^2 times the weights and
 # multiply-adds; the stem (3 input channels) and the classifier (1000 outputs) widen on one
-# side only, so they grow like alpha. The figure measures each part against alpha = 0.5.
+# side only, so they grow like alpha. The figure measures the parameters of each part against
+# alpha = 0.5.
 
 # %%
 ALPHAS = [0.5, 1.0, 2.0] if FAST else [0.5, 0.75, 1.0, 1.25, 1.5, 1.75, 2.0]
-width_costs = {a: stage_costs(npvit.create_model(f"mobilevitv2_{round(a * 100):03d}"), 64) for a in ALPHAS}
-base = width_costs[0.5]
-growth = {part: [width_costs[a][i][1] / base[i][1] for a in ALPHAS] for i, part in enumerate(parts)}
+width_params = {a: stage_params(npvit.create_model(f"mobilevitv2_{round(a * 100):03d}")) for a in ALPHAS}
+base = width_params[0.5]
+growth = {part: [width_params[a][i][1] / base[i][1] for a in ALPHAS] for i, part in enumerate(parts)}
 for part in ("stage 2", "stage 3", "stage 4", "stage 5"):
     print(f"{part}: parameters x{growth[part][-1]:.2f} at alpha = {ALPHAS[-1]} (alpha^2 ratio {(ALPHAS[-1] / 0.5) ** 2:.0f})")
     assert abs(growth[part][-1] / (ALPHAS[-1] / 0.5) ** 2 - 1) < 0.1
