@@ -424,3 +424,27 @@ def test_modules_reject_bad_shapes_with_one_clear_error():
         npvit.nn.MPCAttention(8, 2, kind="sigmoid")
     with pytest.raises(npvit.errors.NpvitError, match="compressed tokens"):
         npvit.nn.LookupCrossAttention(8, 2).forward(np.zeros((2, 5, 8)), np.zeros((1, 3, 8)))
+
+
+def test_the_attention_of_real_timm_models_loads_one_to_one(torch):
+    """The attention modules inside timm's efficientvit_m0 and tiny_vit_5m_224 (randomised;
+    efficientformer's is built from its class above): their state_dicts load strictly and the
+    outputs and gradients agree."""
+    import timm
+    rng = np.random.default_rng(0)
+    cases = [("efficientvit_m0", "CascadedGroupAttention"), ("tiny_vit_5m_224", "Attention")]
+    for name, cls in cases:
+        model = timm.create_model(name, pretrained=False)
+        theirs = randomise(torch, next(m for m in model.modules() if type(m).__name__ == cls), 0)
+        if name.startswith("efficientvit"):
+            dim = theirs.qkvs[0].conv.in_channels * theirs.num_heads
+            ours = npvit.nn.CascadedGroupAttention(dim, theirs.key_dim, theirs.num_heads, theirs.attn_ratio,
+                                                   theirs.resolution, [d.conv.kernel_size[0] for d in theirs.dws])
+            x = rng.standard_normal((2, dim, theirs.resolution, theirs.resolution))
+        else:
+            dim = theirs.qkv.in_features
+            ours = npvit.nn.TinyViTAttention(dim, theirs.key_dim, theirs.num_heads, theirs.attn_ratio,
+                                             theirs.resolution)
+            x = rng.standard_normal((2, theirs.resolution[0] * theirs.resolution[1], dim))
+        errors = compare(torch, ours, theirs, x, np.float64, rng)
+        assert max(errors.values()) <= 1e-10, (name, errors)
