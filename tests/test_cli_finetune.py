@@ -1,5 +1,6 @@
 """``npvit finetune`` on tiny generated image folders: end to end in a subprocess, exact resume
 after an interruption, the frozen backbone, the replaced head, and one-line errors."""
+import json
 import os
 import subprocess
 import sys
@@ -11,7 +12,7 @@ from PIL import Image
 import npvit
 from npvit import cli
 from npvit.commands import finetune
-from npvit.weights import read_checkpoint
+from npvit.weights import read_checkpoint, read_model_meta
 
 CLASSES = ("diagonal", "horizontal", "vertical")
 # small and quick: 32x32 crops, batches of 4
@@ -54,12 +55,23 @@ def test_finetune_runs_end_to_end_in_a_subprocess(folder, tmp_path):
     assert [line.split()[:2] for line in lines if line.startswith("epoch")] == \
         [["epoch", "1/2"], ["epoch", "2/2"]]
     assert all("val loss" in line for line in lines if line.startswith("epoch"))
-    assert (out / "classes.txt").read_text().split() == list(CLASSES)
-    # the weights load back into a 3-class model and classify
+    # the model file says what it is, and its weights load back into a 3-class model
+    meta = read_model_meta(out / "model.npz")
+    assert (meta["model"], meta["classes"], meta["input_size"]) == \
+        ("mobilevitv2_050", list(CLASSES), 32)
     model = npvit.create_model("mobilevitv2_050", num_classes=3)
     model.load_state_dict(read_checkpoint(out / "model.npz"))
     assert model.eval()(np.zeros((1, 3, 32, 32), np.float32)).shape == (1, 3)
-    assert sorted(p.name for p in out.iterdir()) == ["checkpoint.npz", "classes.txt", "model.npz"]
+    assert sorted(p.name for p in out.iterdir()) == ["checkpoint.npz", "curves.png",
+                                                      "model.npz", "run.json"]
+    # the manifest logs both epochs: eval-mode held-out loss and accuracy, lr, time
+    log = json.loads((out / "run.json").read_text())
+    assert log["classes"] == list(CLASSES) and log["epochs_done"] == 2
+    assert [r["epoch"] for r in log["epochs"]] == [1, 2]
+    for record in log["epochs"]:
+        assert 0 <= record["val_acc"] <= 1 and record["val_loss"] > 0
+        assert record["lr_first"] > 0 and record["seconds"] > 0
+    assert Image.open(out / "curves.png").size[0] > 400
 
 
 def test_resume_after_an_interruption_ends_with_the_same_parameters(folder, tmp_path,
@@ -70,22 +82,27 @@ def test_resume_after_an_interruption_ends_with_the_same_parameters(folder, tmp_
     args = ["finetune", str(folder), "--model", "mobilevit_xxs", "--epochs", "3", *QUICK]
     assert cli.main(args + ["--out", str(tmp_path / "A")]) == 0
 
-    save = finetune.save_checkpoint
+    write = finetune.write_epoch
 
-    def save_then_interrupt(*a, **kw):
-        save(*a, **kw)
+    def write_then_interrupt(*a, **kw):
+        write(*a, **kw)
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(finetune, "save_checkpoint", save_then_interrupt)
+    monkeypatch.setattr(finetune, "write_epoch", write_then_interrupt)
     assert cli.main(args + ["--out", str(tmp_path / "B")]) == 130
-    monkeypatch.setattr(finetune, "save_checkpoint", save)
+    monkeypatch.setattr(finetune, "write_epoch", write)
     assert cli.main(args + ["--resume", str(tmp_path / "B" / "checkpoint.npz")]) == 0
 
     for name in ("model.npz", "checkpoint.npz"):
         with np.load(tmp_path / "A" / name) as a, np.load(tmp_path / "B" / name) as b:
             assert sorted(a.files) == sorted(b.files)
             for k in a.files:
-                assert np.array_equal(a[k], b[k]), (name, k)
+                if k != "meta/history":          # the log holds wall-clock times
+                    assert np.array_equal(a[k], b[k]), (name, k)
+    # the log continues too: the same three epochs with the same losses
+    log_a, log_b = (json.loads((tmp_path / r / "run.json").read_text())["epochs"] for r in "AB")
+    assert [(r["epoch"], r["train_loss"], r["val_acc"]) for r in log_a] == \
+        [(r["epoch"], r["train_loss"], r["val_acc"]) for r in log_b]
 
 
 def test_frozen_backbone_with_a_new_head(folder, tmp_path):
@@ -148,7 +165,7 @@ def test_resume_refuses_other_settings_and_other_classes(folder, tmp_path, capsy
     assert "other classes" in _one_line_error(capsys, ["finetune", str(other), "--resume", ckpt])
     capsys.readouterr()
     assert cli.main(["finetune", str(folder), "--resume", ckpt]) == 0    # its 1 epoch is done
-    assert "nothing to do" in capsys.readouterr().out
+    assert "nothing to train" in capsys.readouterr().out
 
 
 def _saved(model, path):

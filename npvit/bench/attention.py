@@ -190,10 +190,9 @@ def operations_report(result: Result, k: int) -> str:
     return "\n\n".join(parts)
 
 
-def plot(result: Result, path, large_k: int) -> None:
-    """Log-log latency (left) and counted operations (right) against k, slopes in the legend."""
-    import matplotlib
-    matplotlib.use("Agg")
+def figure(result: Result, large_k: int):
+    """Log-log latency (left) and counted operations (right) against k, slopes in the legend;
+    returns the matplotlib figure (the caller saves or shows it)."""
     import matplotlib.pyplot as plt
 
     fig, (ax_t, ax_ops) = plt.subplots(1, 2, figsize=(11, 4.2))
@@ -216,5 +215,15 @@ def plot(result: Result, path, large_k: int) -> None:
         ax.grid(True, which="both", alpha=0.3)
         ax.legend(fontsize=8)
     fig.tight_layout()
+    return fig
+
+
+def plot(result: Result, path, large_k: int) -> None:
+    """Write ``figure(result, large_k)`` to ``path`` (PNG) without opening a window."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig = figure(result, large_k)
     fig.savefig(path, dpi=120)
     plt.close(fig)

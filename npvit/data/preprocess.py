@@ -161,6 +161,21 @@ def center_crop(pixels: np.ndarray, size: int) -> np.ndarray:
     return pixels[top:top + size, left:left + size]
 
 
+def preprocessed_box(box, image_size: tuple[int, int], crop_size: int = DEFAULT_CROP_SIZE,
+                     resize_size: int | None = None) -> np.ndarray:
+    """Where a box [x0, y0, x1, y1] in the pixels of a (width, height) image lands in the
+    network input that `preprocess` makes of it (same resize and crop), clipped to the
+    (crop_size x crop_size) input: float64 (4,), possibly empty (x1 <= x0) if cropped away."""
+    width, height = image_size
+    resize_size = crop_size + RESIZE_MARGIN if resize_size is None else resize_size
+    new_width, new_height = short_side_size(width, height, resize_size)
+    top, left = (new_height - crop_size) // 2, (new_width - crop_size) // 2
+    x0, y0, x1, y1 = np.asarray(box, np.float64)
+    scaled = np.array([x0 * new_width / width - left, y0 * new_height / height - top,
+                       x1 * new_width / width - left, y1 * new_height / height - top])
+    return np.clip(scaled, 0, crop_size)
+
+
 def preprocess(image: Image.Image, pipeline: str = "cvnets-v2",
                crop_size: int = DEFAULT_CROP_SIZE, resize_size: int | None = None) -> np.ndarray:
     """PIL image (any mode; `load_image` gives RGB) -> float32 (3, crop_size, crop_size) in
@@ -195,6 +210,8 @@ def check_input(x) -> np.ndarray:
     x = np.asarray(x)
     if x.ndim != 4 or x.shape[1] != 3:
         raise NpvitError(f"expected images of shape (N, 3, H, W), got {x.shape}")
+    if x.shape[0] == 0:
+        raise NpvitError(f"the batch is empty: shape {x.shape} holds no image")
     if min(x.shape[2:]) < MIN_SIDE:
         raise NpvitError(f"images must be at least {MIN_SIDE}x{MIN_SIDE} pixels, "
                          f"got {x.shape[2]}x{x.shape[3]}")
@@ -203,3 +220,27 @@ def check_input(x) -> np.ndarray:
     if not np.isfinite(x).all():
         raise NpvitError("the input contains NaN or Inf values")
     return x
+
+
+def preprocess_resized(image: Image.Image, pipeline: str, height: int, width: int) -> np.ndarray:
+    """PIL image -> float32 (3, height, width) in [0, 1]: resized to exactly height x width
+    (aspect ratio NOT kept, no crop) with the pipeline's filter and channel order. This is the
+    detectors' evaluation input (ml-cvnets ``--evaluation.detection.resize-input-images``:
+    v0.1 cv2.resize INTER_LINEAR on the BGR image, v0.2+ PIL bicubic on the RGB image, both to
+    320 x 320; dense/NOTES.md 2.5)."""
+    spec = get_pipeline(pipeline)
+    if min(height, width) < MIN_SIDE:
+        raise NpvitError(f"input size {height}x{width} is below the {MIN_SIDE}-pixel minimum")
+    image = to_rgb(image)
+    if image.size == (width, height):
+        pixels = np.asarray(image)
+    elif spec.resample == "opencv-bilinear":
+        pixels = resize_opencv_bilinear(np.asarray(image), width, height)
+    else:
+        pil_filter = {"pil-bicubic": Image.Resampling.BICUBIC,
+                      "pil-bilinear": Image.Resampling.BILINEAR}[spec.resample]
+        pixels = np.asarray(image.resize((width, height), pil_filter))
+    x = pixels.transpose(2, 0, 1).astype(np.float32) / np.float32(255)      # (3, H, W) RGB
+    if spec.channel_order == "BGR":
+        x = x[::-1]
+    return np.ascontiguousarray(x)

@@ -73,25 +73,27 @@ def _to_input(pixels: np.ndarray, channel_order: str) -> np.ndarray:
     return np.ascontiguousarray(x)
 
 
-def train_transform(pipeline: str, size: int):
-    """The training transform (random resized crop to size x size, random flip) for models
-    evaluated with ``pipeline``."""
+def train_transform(pipeline: str, size: int, scale=SCALE, flip: bool = True):
+    """The training transform for models evaluated with ``pipeline``: a random resized crop
+    covering ``scale`` = (min, max) of the image area, resized to size x size, then (with
+    ``flip``) a horizontal flip with probability 1/2."""
     spec = get_pipeline(pipeline)
     resample = _PIL_FILTER[spec.resample]
 
     def transform(image: Image.Image, rng: np.random.Generator) -> np.ndarray:
-        left, top, w, h = random_resized_crop_box(*image.size, rng)
+        left, top, w, h = random_resized_crop_box(*image.size, rng, scale=scale)
         crop = image.resize((size, size), resample, box=(left, top, left + w, top + h))
         pixels = np.asarray(crop)                       # uint8 (size, size, 3) RGB
-        if rng.random() < 0.5:
+        if flip and rng.random() < 0.5:
             pixels = pixels[:, ::-1]                    # horizontal flip
         return _to_input(pixels, spec.channel_order)
     return transform
 
 
-def eval_transform(pipeline: str, size: int):
-    """The evaluation transform: ``npvit.data.preprocess`` (short side to size + 32, centre
-    crop size x size). Deterministic; ``rng`` is accepted so both transforms look alike."""
+def eval_transform(pipeline: str, size: int, resize_size: int | None = None):
+    """The evaluation transform: ``npvit.data.preprocess`` (short side to ``resize_size``,
+    default size + 32, then the centre size x size crop; ``resize_size=size`` keeps the whole
+    of a square image). Deterministic; ``rng`` is accepted so both transforms look alike."""
     def transform(image: Image.Image, rng: np.random.Generator | None = None) -> np.ndarray:
-        return preprocess(image, pipeline, crop_size=size)
+        return preprocess(image, pipeline, crop_size=size, resize_size=resize_size)
     return transform

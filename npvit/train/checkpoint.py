@@ -12,17 +12,20 @@ checkpoint intact rather than a truncated one.
 from __future__ import annotations
 
 import os
-import tempfile
+import zipfile
+import zlib
 
 import numpy as np
 
 from ..errors import NpvitError
+from .run_folder import write_atomically
 
 _SECTIONS = ("model", "optimizer", "schedule", "meta")
 
 
-def save_checkpoint(path, model, optimizer=None, schedule=None, **meta) -> None:
-    """Write model (+ optimizer, schedule and ``meta`` values) to ``path`` atomically."""
+def checkpoint_arrays(model, optimizer=None, schedule=None, **meta) -> dict[str, np.ndarray]:
+    """The flat arrays of a checkpoint (``model/...``, ``optimizer/...``, ``schedule/...``,
+    ``meta/...``), as ``save_checkpoint`` writes them."""
     arrays = {f"model/{k}": np.asarray(v) for k, v in model.state_dict().items()}
     if optimizer is not None:
         arrays.update({f"optimizer/{k}": v for k, v in optimizer.state_dict().items()})
@@ -33,35 +36,39 @@ def save_checkpoint(path, model, optimizer=None, schedule=None, **meta) -> None:
         if v.dtype == object:
             raise NpvitError(f"checkpoint value {k!r} must be a number, string or array")
         arrays[f"meta/{k}"] = v
+    return arrays
 
-    path = os.fspath(path)
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".npz", dir=directory)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, **arrays)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
+
+def save_checkpoint(path, model, optimizer=None, schedule=None, **meta) -> None:
+    """Write model (+ optimizer, schedule and ``meta`` values) to ``path`` atomically."""
+    arrays = checkpoint_arrays(model, optimizer, schedule, **meta)
+    write_atomically(path, lambda f: np.savez(f, **arrays))
 
 
 def _read_sections(path: str) -> dict[str, dict]:
-    if not os.path.isfile(path):
+    if not os.path.exists(path):
         raise NpvitError(f"checkpoint not found: {path}")
+    if not os.path.isfile(path):
+        raise NpvitError(f"checkpoint {path} is not a regular file")
     sections: dict[str, dict] = {s: {} for s in _SECTIONS}
     try:
-        npz = np.load(path, allow_pickle=False)
-    except (OSError, ValueError) as e:
-        raise NpvitError(f"{path} is not an npvit training checkpoint ({e})") from None
-    with npz:
-        for key in npz.files:
-            section, _, name = key.partition("/")
-            if section not in sections:
-                raise NpvitError(f"{path} is not an npvit training checkpoint (key {key!r})")
-            sections[section][name] = npz[key]
+        with np.load(path, allow_pickle=False) as npz:
+            for key in npz.files:
+                section, _, name = key.partition("/")
+                if section not in sections:
+                    raise NpvitError(f"{path} is not an npvit training checkpoint "
+                                     f"(key {key[:80]!r})")
+                sections[section][name] = npz[key]
+    except NpvitError:
+        raise
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error) as e:
+        # truncated, CRC-damaged or not an npz at all
+        reason = str(e).splitlines()[0][:120] if str(e) else type(e).__name__
+        raise NpvitError(f"{path} is not a readable npvit training checkpoint "
+                         f"({reason})") from None
+    if not sections["model"] or not sections["meta"]:
+        raise NpvitError(f"{path} is not an npvit training checkpoint (no "
+                         f"{'model' if not sections['model'] else 'meta'} entries)")
     return sections
 
 
@@ -92,5 +99,8 @@ def load_checkpoint(path, model, optimizer=None, schedule=None) -> dict:
         if obj is not None:
             if not sections[section]:
                 raise NpvitError(f"{path} holds no {section} state")
-            obj.load_state_dict(sections[section])
+            try:
+                obj.load_state_dict(sections[section])
+            except (KeyError, ValueError, IndexError) as e:
+                raise NpvitError(f"{path}: its {section} state does not fit ({e})") from None
     return _python_values(sections["meta"])

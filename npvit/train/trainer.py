@@ -22,9 +22,15 @@ import numpy as np
 from tqdm import tqdm
 
 from ..data import check_input
+from ..errors import NpvitError
 from ..functional.loss import cross_entropy_backward, cross_entropy_forward
 from ..nn import no_grad
 from .clip import clip_grad_norm
+
+
+class NonFiniteLoss(NpvitError):
+    """The loss of a batch is NaN or infinite: raised before the backward pass and the update,
+    so the parameters still hold their last finite values."""
 
 
 def backbone_features(model, x) -> np.ndarray:
@@ -46,7 +52,8 @@ def train_step(model, x, y, opt, sched=None, label_smoothing: float = 0.0,
                clip_norm: float | None = None, freeze_backbone: bool = False):
     """Forward, loss, backward, (clip,) update, (schedule step). The model's modes are the
     caller's (see ``set_train_mode``). Returns (loss, logits): the mean loss of the batch and the
-    logits it was computed from, before the update."""
+    logits it was computed from, before the update. A non-finite loss raises NonFiniteLoss
+    before anything is updated."""
     if freeze_backbone:
         with no_grad():
             features = backbone_features(model, x)
@@ -54,6 +61,9 @@ def train_step(model, x, y, opt, sched=None, label_smoothing: float = 0.0,
     else:
         logits = model(x)
     loss, cache = cross_entropy_forward(logits, y, label_smoothing)
+    if not np.isfinite(loss):
+        raise NonFiniteLoss(f"the training loss became {loss} (learning rate "
+                            f"{opt.param_groups[0]['lr']:.3g})")
     model.zero_grad()
     dlogits = cross_entropy_backward(cache)
     if freeze_backbone:
@@ -71,19 +81,23 @@ def train_step(model, x, y, opt, sched=None, label_smoothing: float = 0.0,
 def train_one_epoch(model, loader, opt, sched=None, label_smoothing: float = 0.0,
                     clip_norm: float | None = None, freeze_backbone: bool = False,
                     progress: bool = True, desc: str = "train") -> dict:
-    """One pass over ``loader``, one ``train_step`` per batch. Returns the mean loss and the
-    accuracy of the training batches (as predicted during training, before each update)."""
+    """One pass over ``loader``, one ``train_step`` per batch. Returns the mean loss (label
+    smoothed, what is minimised), the mean plain cross-entropy ``ce`` of the same logits (no
+    smoothing, comparable with ``evaluate``'s loss) and the accuracy of the training batches,
+    all as predicted in training mode before each update."""
     set_train_mode(model, freeze_backbone)
-    total_loss, correct, seen = 0.0, 0, 0
+    total_loss, total_ce, correct, seen = 0.0, 0.0, 0, 0
     bar = tqdm(loader, desc=desc, unit="batch", disable=not progress, leave=False)
     for x, y in bar:
         loss, logits = train_step(model, x, y, opt, sched, label_smoothing, clip_norm,
                                   freeze_backbone)
         total_loss += loss * len(y)
+        total_ce += (cross_entropy_forward(logits, y)[0] if label_smoothing else loss) * len(y)
         correct += int((logits.argmax(axis=1) == y).sum())
         seen += len(y)
         bar.set_postfix(loss=f"{total_loss / seen:.3f}", acc=f"{correct / seen:.1%}")
-    return {"loss": total_loss / max(seen, 1), "accuracy": correct / max(seen, 1), "images": seen}
+    return {"loss": total_loss / max(seen, 1), "ce": total_ce / max(seen, 1),
+            "accuracy": correct / max(seen, 1), "images": seen}
 
 
 def evaluate(model, loader, progress: bool = True, desc: str = "eval") -> dict:
