@@ -35,7 +35,7 @@ from npvit import functional as F
 from npvit.bench import attention_zoo as zoo
 from npvit.gradcheck import check_gradients, wrap_op
 from npvit.opcount import count_ops
-from tutorial_setup import FAST, figure_path, optional_torch, plt, save_figure, skip_without_torch
+from tutorial_setup import FAST, optional_torch, plt, show, skip_without_torch
 
 rng = np.random.default_rng(0)
 
@@ -60,7 +60,7 @@ axes[1].imshow(table[0][index], cmap="coolwarm")
 axes[1].set_title("one head's bias table[index] (16 x 16)")
 for ax in axes:
     ax.set(xlabel="key token", ylabel="query token")
-save_figure(fig, "10_relative_position_bias.png")
+show(fig, "10_relative_position_bias")
 
 # %% [markdown]
 # ## EfficientFormer: MHA with that bias
@@ -106,7 +106,7 @@ labels = F.window_merge(np.repeat(np.arange(4.0)[:, None, None], 49, axis=1), (1
 fig, ax = plt.subplots(figsize=(4, 3.4))
 ax.imshow(labels, cmap="Pastel1")
 ax.set_title("which 7x7 window each token of a 10x12 map is in")
-save_figure(fig, "10_windows.png")
+show(fig, "10_windows")
 
 tiny = npvit.nn.TinyViTAttention(4, key_dim=2, num_heads=2, attn_ratio=1, resolution=(7, 7))
 y_windows = tiny.forward(windows.astype(np.float32))
@@ -220,9 +220,7 @@ lookup_work = [result.get("LookupViT", k).counter.macs for k in ks]
 assert all(b < 2.05 * a for a, b in zip(lookup_work, lookup_work[1:]))
 ef_work = [result.get("EfficientFormer", k).counter.macs for k in ks]
 assert ef_work[-1] / ef_work[-2] > ef_work[1] / ef_work[0]      # the k^2 term takes over
-path = figure_path("10_attention_zoo.png")
-zoo.plot(result, path, large_k=ks[-1])
-print(f"figure written to {path}")
+show(zoo.figure(result), "10_attention_zoo")
 
 # %% [markdown]
 # In the plot, solid lines are the units that hold k x k arrays (their memory grows as k^2);

@@ -237,10 +237,19 @@ def operation_time_table(rows_by_unit, k: int, top: int = 5) -> str:
 
 
 def plot(result, path, large_k: int) -> None:
-    """Fig. 1 (bottom right) extended: log-log latency (left) and largest buffer (right)
-    against k for every unit, the fitted slopes in the legend."""
+    """Write :func:`figure` to ``path`` (PNG)."""
     import matplotlib
     matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig = figure(result)
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+def figure(result):
+    """Fig. 1 (bottom right) extended: log-log latency (left) and largest buffer (right)
+    against k for every unit, the slopes fitted over all k in the legend."""
     import matplotlib.pyplot as plt
 
     fig, (ax_t, ax_m) = plt.subplots(1, 2, figsize=(11, 4.4))
@@ -263,5 +272,4 @@ def plot(result, path, large_k: int) -> None:
         ax.grid(True, which="both", alpha=0.3)
         ax.legend(fontsize=7, ncol=2)
     fig.tight_layout()
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
+    return fig
