@@ -191,10 +191,11 @@ def test_window_merge_inverts_partition_and_they_are_adjoint(b, h, w, window, c)
 
 # --- against PyTorch references written from the papers -------------------------------------------
 def torch_lookup_cross_attention(torch, x, z, w_q, b_q, w_kv, b_kv, w_zo, b_zo, w_zv, b_zv, w_xo,
-                                 b_xo, heads):
+                                 b_xo, heads, mixer=lambda t: t):
     """LookupViT (Koner et al. 2024): one score matrix S = q_z K_x^T / sqrt(d_h) per head;
-    compressed tokens gather with softmax over the lookup tokens, lookup tokens read back the
-    (projected) gathered compressed tokens with softmax over the compressed tokens."""
+    compressed tokens gather with softmax over the lookup tokens, are processed (``mixer``; in
+    a LookupViT block self-attention and an MLP), and the lookup tokens read them back
+    (projected) with the softmax of the same S over the compressed tokens."""
     lin = torch.nn.functional.linear
     b, k, d = x.shape
     m = z.shape[1]
@@ -203,7 +204,7 @@ def torch_lookup_cross_attention(torch, x, z, w_q, b_q, w_kv, b_kv, w_zo, b_zo, 
     q = split(lin(z, w_q, b_q))
     key, value = (split(t) for t in lin(x, w_kv, b_kv).chunk(2, dim=-1))
     s = q @ key.transpose(-1, -2) / (d // heads) ** 0.5                  # (B, h, M, k)
-    z_out = lin(merge(torch.softmax(s, dim=-1) @ value), w_zo, b_zo)
+    z_out = mixer(lin(merge(torch.softmax(s, dim=-1) @ value), w_zo, b_zo))
     z_value = split(lin(z_out, w_zv, b_zv))
     x_out = lin(merge(torch.softmax(s, dim=-2).transpose(-1, -2) @ z_value), w_xo, b_xo)
     return x_out, z_out
@@ -215,13 +216,14 @@ LOOKUP_PARAMS = ["q.weight", "q.bias", "kv.weight", "kv.bias", "proj_compressed.
 
 
 @with_torch
-@given(st.integers(1, 2), st.integers(2, 9), st.integers(2, 5), st.sampled_from([1, 2, 4]), dtypes,
-       st.integers(0, 2**16))
-def test_lookup_cross_attention_matches_torch_reference(torch, b, k, m, heads, dtype, seed):
+@given(st.integers(1, 2), st.integers(2, 9), st.integers(2, 5), st.sampled_from([1, 2, 4]), st.booleans(),
+       dtypes, st.integers(0, 2**16))
+def test_lookup_cross_attention_matches_torch_reference(torch, b, k, m, heads, with_mixer, dtype, seed):
     rng = np.random.default_rng(seed)
     d = 2 * heads
     npvit.nn.manual_seed(seed)
-    ours = npvit.nn.LookupCrossAttention(d, heads, num_compressed=m).astype(dtype)
+    mixer = npvit.nn.Linear(d, d) if with_mixer else None     # stands in for a block's layers
+    ours = npvit.nn.LookupCrossAttention(d, heads, num_compressed=m, compressed_mixer=mixer).astype(dtype)
     x = rng.standard_normal((b, k, d)).astype(dtype)
     z = rng.standard_normal((b, m, d)).astype(dtype)
     g_x, g_z = (rng.standard_normal(s).astype(dtype) for s in ((b, k, d), (b, m, d)))
@@ -229,16 +231,18 @@ def test_lookup_cross_attention_matches_torch_reference(torch, b, k, m, heads, d
     z_out = ours.last_compressed
     dx = ours.backward(g_x, g_z)
     params = dict(ours.named_parameters())
-    assert set(params) == set(LOOKUP_PARAMS) | {"compressed_tokens"}
+    names = LOOKUP_PARAMS + (["compressed_mixer.weight", "compressed_mixer.bias"] if with_mixer else [])
+    assert set(params) == set(names) | {"compressed_tokens"}
     f64 = lambda a, grad=True: torch.tensor(a.astype(np.float64), requires_grad=grad)  # as compare()
-    tensors = [f64(params[n].data) for n in LOOKUP_PARAMS]
+    tensors = [f64(params[n].data) for n in names]
     xt, zt = f64(x), f64(z)
-    yt, zt_out = torch_lookup_cross_attention(torch, xt, zt, *tensors, heads)
+    mix = (lambda t: torch.nn.functional.linear(t, *tensors[-2:])) if with_mixer else (lambda t: t)
+    yt, zt_out = torch_lookup_cross_attention(torch, xt, zt, *tensors[:10], heads, mix)
     ((yt * f64(g_x, False)).sum() + (zt_out * f64(g_z, False)).sum()).backward()
     assert rel_err(y, yt.detach().numpy()) <= TOL[dtype]
     assert rel_err(z_out, zt_out.detach().numpy()) <= TOL[dtype]
     pairs = {"dx": (dx, xt.grad.numpy()), "dz": (ours.last_dz, zt.grad.numpy())}
-    pairs.update({n: (params[n].grad, t.grad.numpy()) for n, t in zip(LOOKUP_PARAMS, tensors)})
+    pairs.update({n: (params[n].grad, t.grad.numpy()) for n, t in zip(names, tensors)})
     errors = gradient_errors(pairs, dtype)
     assert max(errors.values()) <= TOL[dtype], errors
 

@@ -144,7 +144,10 @@ assert changed_heads(0) == [True] * 4 and changed_heads(3) == [False, False, Fal
 #
 # M compressed tokens z ask the k lookup tokens x: `S = q(z) K(x)^T / sqrt(d_h)`, (M x k) per
 # head. Softmax over k gathers information into z; the same S with the softmax over M sends the
-# updated z back to every lookup token. Nothing is k x k, so the cost is O(k M d).
+# updated z back to every lookup token. Nothing is k x k, so the cost is O(k M d). In a LookupViT
+# block the compressed tokens also pass self-attention and an MLP between the two directions:
+# give the module any such layer as `compressed_mixer` (the functional pair is split into
+# `lookup_gather_forward` and `lookup_scatter_forward` for the same reason).
 #
 # Inferred, not confirmed from public code (LookupViT's authors have not released theirs): that
 # the back direction re-normalises the shared scores over M (rather than reusing the gather

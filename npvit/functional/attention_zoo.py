@@ -307,19 +307,15 @@ def cascaded_group_attention_backward(dy, cache):
 
 
 # --- LookupViT: bidirectional cross-attention ---------------------------------------------------
-def lookup_cross_attention_forward(x, z, w_q, b_q, w_kv, b_kv, w_z_out, b_z_out, w_z_value,
-                                   b_z_value, w_x_out, b_x_out, num_heads: int):
-    """LookupViT's multi-head bidirectional cross-attention between k lookup tokens x (B, k, d)
-    and M compressed tokens z (B, M, d), with ONE score matrix per head used both ways:
+def lookup_gather_forward(x, z, w_q, b_q, w_kv, b_kv, w_z_out, b_z_out, num_heads: int):
+    """LookupViT's first direction (lookup -> compressed): M compressed tokens z (B, M, d)
+    query the k lookup tokens x (B, k, d):
         q = z W_q^T + b;  [K | V] = x W_kv^T + b                 (B, M, d), (B, k, 2d)
         S = q K^T / sqrt(d/h) per head                           (B, h, M, k)
-        gather (lookup -> compressed):  z_out = concat_h(softmax_k(S) V) W_z_out^T + b    (B, M, d)
-        scatter (compressed -> lookup): V_z = z_out W_z_value^T + b
-                                        x_out = concat_h(softmax_M(S)^T V_z) W_x_out^T + b (B, k, d)
-    w_q (d, d), w_kv (2d, d), w_z_out, w_z_value, w_x_out (d, d); biases (.,) or None.
-    Every array is O(k d) or O(k M): nothing is k x k.
-    Returns (x_out, z_out) and the cache; cache["gather"] is softmax_k(S) (B, h, M, k) and
-    cache["scatter"] softmax_M(S) (B, h, M, k).
+        z_out = concat_h(softmax_k(S) V) W_z_out^T + b           (B, M, d)
+    w_q (d, d), w_kv (2d, d), w_z_out (d, d); biases (.,) or None.
+    Returns z_out and the cache; cache["scores"] is S, which :func:`lookup_scatter_forward`
+    uses for the way back (and overwrites with its own softmax), cache["gather"] softmax_k(S).
     """
     d = x.shape[-1]
     q, q_cache = linear_forward(z, w_q, b_q)
@@ -339,27 +335,91 @@ def lookup_cross_attention_forward(x, z, w_q, b_q, w_kv, b_kv, w_z_out, b_z_out,
     opcount.elementwise("softmax over lookup tokens", gather, kind="softmax")
     gathered = gather @ value_h                          # (B, h, M, dh)
     opcount.matmul("gathered = softmax_k(S) V", gather, value_h, gathered)
-    merged_z = _merge_heads(gathered)
-    opcount.copy("concatenate heads (compressed)", merged_z)
-    z_out, z_out_cache = linear_forward(merged_z, w_z_out, b_z_out)
+    merged = _merge_heads(gathered)
+    opcount.copy("concatenate heads (compressed)", merged)
+    z_out, z_out_cache = linear_forward(merged, w_z_out, b_z_out)
     opcount.linear("z_out = heads W_z_out^T + b", w_z_out, z_out, b_z_out)
-    z_value, z_value_cache = linear_forward(z_out, w_z_value, b_z_value)
-    opcount.linear("V_z = z_out W_z_value^T + b", w_z_value, z_value, b_z_value)
-    z_value_h = _split_heads(z_value, num_heads)         # (B, h, M, dh)
-    scatter, scatter_cache = softmax_forward(scores, axis=-2, inplace=True)   # over M compressed
+    cache = {"q": q_cache, "kv": kv_cache, "q_h": q_h, "key_h": key_h, "value_h": value_h,
+             "scale": scale, "scores": scores, "gather": gather, "gather_softmax": gather_cache,
+             "z_out": z_out_cache, "num_heads": num_heads}
+    return z_out, cache
+
+
+def lookup_gather_backward(dz_out, dscores, cache):
+    """dz_out (B, M, d) and dscores (B, h, M, k), the gradient the way back sends into the
+    shared S (None if none) -> (dx, dz, dw_q, db_q, dw_kv, db_kv, dw_z_out, db_z_out)."""
+    h = cache["num_heads"]
+    dmerged, dw_z_out, db_z_out = linear_backward(dz_out, cache["z_out"])
+    dgathered = _split_heads(dmerged, h)                 # (B, h, M, dh)
+    dvalue_h = cache["gather"].swapaxes(-1, -2) @ dgathered
+    dgather = dgathered @ cache["value_h"].swapaxes(-1, -2)
+    dscores_gather = softmax_backward(dgather, cache["gather_softmax"])
+    dscores = dscores_gather if dscores is None else dscores + dscores_gather   # S feeds both
+    dq_h = (dscores @ cache["key_h"]) * cache["scale"]
+    dkey_h = dscores.swapaxes(-1, -2) @ cache["q_h"]
+    dkv = np.concatenate([_merge_heads(dkey_h), _merge_heads(dvalue_h)], axis=-1)
+    dz, dw_q, db_q = linear_backward(_merge_heads(dq_h), cache["q"])
+    dx, dw_kv, db_kv = linear_backward(dkv, cache["kv"])
+    return dx, dz, dw_q, db_q, dw_kv, db_kv, dw_z_out, db_z_out
+
+
+def lookup_scatter_forward(z, gather_cache, w_z_value, b_z_value, w_x_out, b_x_out):
+    """LookupViT's way back (compressed -> lookup) through the SAME scores S as the gather
+    (``gather_cache`` of :func:`lookup_gather_forward`), now normalised over the M compressed
+    tokens: every lookup token reads a distribution over them.
+        V_z = z W_z_value^T + b;  x_out = concat_h(softmax_M(S)^T V_z) W_x_out^T + b    (B, k, d)
+    z (B, M, d): the compressed tokens after the gather (in a LookupViT block, after their
+    own self-attention and MLP too). Returns x_out and the cache; cache["scatter"] is
+    softmax_M(S) (B, h, M, k).
+    """
+    h = gather_cache["num_heads"]
+    z_value, z_value_cache = linear_forward(z, w_z_value, b_z_value)
+    opcount.linear("V_z = z W_z_value^T + b", w_z_value, z_value, b_z_value)
+    z_value_h = _split_heads(z_value, h)                 # (B, h, M, dh)
+    scatter, scatter_cache = softmax_forward(gather_cache["scores"], axis=-2, inplace=True)
     opcount.elementwise("softmax over compressed tokens", scatter, kind="softmax")
     scatter_t = scatter.swapaxes(-1, -2)                 # (B, h, k, M)
     scattered = scatter_t @ z_value_h                    # (B, h, k, dh)
     opcount.matmul("scattered = softmax_M(S)^T V_z", scatter_t, z_value_h, scattered)
-    merged_x = _merge_heads(scattered)
-    opcount.copy("concatenate heads (lookup)", merged_x)
-    x_out, x_out_cache = linear_forward(merged_x, w_x_out, b_x_out)
+    merged = _merge_heads(scattered)
+    opcount.copy("concatenate heads (lookup)", merged)
+    x_out, x_out_cache = linear_forward(merged, w_x_out, b_x_out)
     opcount.linear("x_out = heads W_x_out^T + b", w_x_out, x_out, b_x_out)
-    cache = {"q": q_cache, "kv": kv_cache, "q_h": q_h, "key_h": key_h, "value_h": value_h,
-             "scale": scale, "gather": gather, "gather_softmax": gather_cache,
-             "scatter": scatter, "scatter_softmax": scatter_cache, "z_out": z_out_cache,
-             "z_value": z_value_cache, "z_value_h": z_value_h, "x_out": x_out_cache,
-             "num_heads": num_heads}
+    cache = {"z_value": z_value_cache, "z_value_h": z_value_h, "scatter": scatter,
+             "scatter_softmax": scatter_cache, "x_out": x_out_cache, "num_heads": h}
+    return x_out, cache
+
+
+def lookup_scatter_backward(dx_out, cache):
+    """dx_out (B, k, d) -> (dz, dscores (B, h, M, k) for :func:`lookup_gather_backward`,
+    dw_z_value, db_z_value, dw_x_out, db_x_out)."""
+    dmerged, dw_x_out, db_x_out = linear_backward(dx_out, cache["x_out"])
+    dscattered = _split_heads(dmerged, cache["num_heads"])              # (B, h, k, dh)
+    # scattered = A_s^T V_z with A_s (B, h, M, k):  dV_z = A_s dscattered, dA_s = V_z dscattered^T
+    dz_value_h = cache["scatter"] @ dscattered
+    dscatter = cache["z_value_h"] @ dscattered.swapaxes(-1, -2)
+    dscores = softmax_backward(dscatter, cache["scatter_softmax"])
+    dz, dw_z_value, db_z_value = linear_backward(_merge_heads(dz_value_h), cache["z_value"])
+    return dz, dscores, dw_z_value, db_z_value, dw_x_out, db_x_out
+
+
+def lookup_cross_attention_forward(x, z, w_q, b_q, w_kv, b_kv, w_z_out, b_z_out, w_z_value,
+                                   b_z_value, w_x_out, b_x_out, num_heads: int):
+    """LookupViT's multi-head bidirectional cross-attention between k lookup tokens x (B, k, d)
+    and M compressed tokens z (B, M, d), ONE score matrix S (B, h, M, k) per head used both
+    ways: :func:`lookup_gather_forward` then :func:`lookup_scatter_forward` on its z_out
+    (the attention unit on its own: a LookupViT block runs the compressed tokens through
+    self-attention and an MLP between the two, see ``npvit.nn.LookupCrossAttention``).
+    Every array is O(k d) or O(k M): nothing is k x k.
+    Returns (x_out (B, k, d), z_out (B, M, d)) and the cache; cache["gather"] is softmax_k(S),
+    cache["scatter"] softmax_M(S), both (B, h, M, k).
+    """
+    z_out, gather_cache = lookup_gather_forward(x, z, w_q, b_q, w_kv, b_kv, w_z_out, b_z_out,
+                                                num_heads)
+    x_out, scatter_cache = lookup_scatter_forward(z_out, gather_cache, w_z_value, b_z_value,
+                                                  w_x_out, b_x_out)
+    cache = {"gather_cache": gather_cache, "scatter_cache": scatter_cache,
+             "gather": gather_cache["gather"], "scatter": scatter_cache["scatter"]}
     return (x_out, z_out), cache
 
 
@@ -367,27 +427,11 @@ def lookup_cross_attention_backward(dx_out, dz_out, cache):
     """dx_out (B, k, d) and dz_out (B, M, d) (None: z_out feeds nothing else) ->
     (dx, dz, dw_q, db_q, dw_kv, db_kv, dw_z_out, db_z_out, dw_z_value, db_z_value,
     dw_x_out, db_x_out)."""
-    h = cache["num_heads"]
-    dmerged_x, dw_x_out, db_x_out = linear_backward(dx_out, cache["x_out"])
-    dscattered = _split_heads(dmerged_x, h)              # (B, h, k, dh)
-    # scattered = A_s^T V_z with A_s (B, h, M, k):  dV_z = A_s dscattered, dA_s = V_z dscattered^T
-    dz_value_h = cache["scatter"] @ dscattered
-    dscatter = cache["z_value_h"] @ dscattered.swapaxes(-1, -2)
-    dscores = softmax_backward(dscatter, cache["scatter_softmax"])
-    dz_value = _merge_heads(dz_value_h)
-    dz_from_value, dw_z_value, db_z_value = linear_backward(dz_value, cache["z_value"])
-    dz_total = dz_from_value if dz_out is None else dz_from_value + dz_out
-    dmerged_z, dw_z_out, db_z_out = linear_backward(dz_total, cache["z_out"])
-    dgathered = _split_heads(dmerged_z, h)               # (B, h, M, dh)
-    dvalue_h = cache["gather"].swapaxes(-1, -2) @ dgathered
-    dgather = dgathered @ cache["value_h"].swapaxes(-1, -2)
-    dscores += softmax_backward(dgather, cache["gather_softmax"])     # S feeds both softmaxes
-    dq_h = (dscores @ cache["key_h"]) * cache["scale"]
-    dkey_h = dscores.swapaxes(-1, -2) @ cache["q_h"]
-    dq = _merge_heads(dq_h)
-    dkv = np.concatenate([_merge_heads(dkey_h), _merge_heads(dvalue_h)], axis=-1)
-    dz, dw_q, db_q = linear_backward(dq, cache["q"])
-    dx, dw_kv, db_kv = linear_backward(dkv, cache["kv"])
+    dz_mid, dscores, dw_z_value, db_z_value, dw_x_out, db_x_out = lookup_scatter_backward(
+        dx_out, cache["scatter_cache"])
+    dz_total = dz_mid if dz_out is None else dz_mid + dz_out
+    dx, dz, dw_q, db_q, dw_kv, db_kv, dw_z_out, db_z_out = lookup_gather_backward(
+        dz_total, dscores, cache["gather_cache"])
     return (dx, dz, dw_q, db_q, dw_kv, db_kv, dw_z_out, db_z_out, dw_z_value, db_z_value,
             dw_x_out, db_x_out)
 

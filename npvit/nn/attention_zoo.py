@@ -199,12 +199,16 @@ class LookupCrossAttention(Module):
     ``forward(x, z=None)``: z (B, M, dim) are the compressed tokens; without z the module's own
     ``compressed_tokens`` (M, dim) are used for every sample (learned, like Perceiver latents;
     in LookupViT the first block's compressed tokens are a resized patch grid and each later
-    block receives the previous block's). The updated compressed tokens are ``last_compressed``
-    (B, M, dim). ``backward(dy, dz=None)`` -> dx; the gradient for a given z is ``last_dz``.
-    Parameters: ``q`` (compressed queries), ``kv`` (lookup keys and values), ``proj_compressed``,
-    ``value_compressed`` and ``proj_lookup`` (all Linear)."""
+    block receives the previous block's). ``compressed_mixer``, any Module on (B, M, dim) such
+    as a ``TransformerLayer``, runs on the compressed tokens between the gather and the way
+    back, as in a LookupViT block; without it the way back reads the gathered tokens directly.
+    The compressed tokens after the mixer are ``last_compressed`` (B, M, dim).
+    ``backward(dy, dz=None)`` -> dx, where dz is the gradient for ``last_compressed``; the
+    gradient for a given z is ``last_dz``. Parameters: ``q`` (compressed queries), ``kv``
+    (lookup keys and values), ``proj_compressed``, ``value_compressed`` and ``proj_lookup``
+    (all Linear), ``compressed_tokens``, and the mixer's."""
 
-    def __init__(self, dim, num_heads=8, num_compressed=49, dtype=np.float32):
+    def __init__(self, dim, num_heads=8, num_compressed=49, compressed_mixer=None, dtype=np.float32):
         super().__init__()
         if dim % num_heads:
             raise NpvitError(f"dim {dim} is not divisible by num_heads {num_heads}")
@@ -216,6 +220,7 @@ class LookupCrossAttention(Module):
         self.proj_lookup = Linear(dim, dim, dtype=dtype)
         self.compressed_tokens = Parameter((0.02 * generator().standard_normal((num_compressed, dim))
                                             ).astype(dtype))
+        self.compressed_mixer = compressed_mixer
         self.last_compressed = self.last_dz = None
         self.last_attention = None
         self.record = False
@@ -228,20 +233,28 @@ class LookupCrossAttention(Module):
         elif z.ndim != 3 or z.shape[0] != x.shape[0] or z.shape[2] != self.dim:
             raise NpvitError(f"LookupCrossAttention expects compressed tokens (B, M, {self.dim}) "
                              f"with B = {x.shape[0]}, got {z.shape}")
-        (x_out, z_out), cache = F.lookup_cross_attention_forward(
+        z_out, gather_cache = F.lookup_gather_forward(
             x, z, self.q.weight.data, _bias(self.q), self.kv.weight.data, _bias(self.kv),
-            self.proj_compressed.weight.data, _bias(self.proj_compressed),
-            self.value_compressed.weight.data, _bias(self.value_compressed),
-            self.proj_lookup.weight.data, _bias(self.proj_lookup), self.num_heads)
+            self.proj_compressed.weight.data, _bias(self.proj_compressed), self.num_heads)
+        self.last_attention = _kept(self, gather_cache["gather"])
+        if self.compressed_mixer is not None:
+            z_out = self.compressed_mixer.forward(z_out)
+        x_out, scatter_cache = F.lookup_scatter_forward(
+            z_out, gather_cache, self.value_compressed.weight.data, _bias(self.value_compressed),
+            self.proj_lookup.weight.data, _bias(self.proj_lookup))
         self.last_compressed = z_out
-        self.last_attention = _kept(self, cache["gather"])
-        self.save_cache((cache, own))
+        self.save_cache((gather_cache, scatter_cache, own))
         return x_out
 
     def backward(self, dy, dz=None):
-        cache, own = self.pop_cache()
-        (dx, dz_in, dw_q, db_q, dw_kv, db_kv, dw_pc, db_pc, dw_vc, db_vc, dw_pl, db_pl
-         ) = F.lookup_cross_attention_backward(dy, dz, cache)
+        gather_cache, scatter_cache, own = self.pop_cache()
+        dz_mixed, dscores, dw_vc, db_vc, dw_pl, db_pl = F.lookup_scatter_backward(dy, scatter_cache)
+        if dz is not None:
+            dz_mixed = dz_mixed + dz
+        if self.compressed_mixer is not None:
+            dz_mixed = self.compressed_mixer.backward(dz_mixed)
+        dx, dz_in, dw_q, db_q, dw_kv, db_kv, dw_pc, db_pc = F.lookup_gather_backward(
+            dz_mixed, dscores, gather_cache)
         for layer, dw, db in ((self.q, dw_q, db_q), (self.kv, dw_kv, db_kv),
                               (self.proj_compressed, dw_pc, db_pc),
                               (self.value_compressed, dw_vc, db_vc), (self.proj_lookup, dw_pl, db_pl)):
