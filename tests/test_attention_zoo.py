@@ -302,6 +302,35 @@ def test_mpc_attention_matches_torch_reference(torch, b, k, heads, kind, dtype, 
     assert max(errors.values()) <= TOL[dtype], errors
 
 
+@with_torch
+@given(st.lists(st.sampled_from(["softmax", "relu", "scaling"]), min_size=4, max_size=4), dtypes,
+       st.integers(0, 2**16))
+def test_mpc_heterogeneous_heads_match_torch_reference(torch, kinds, dtype, seed):
+    """A kind per head: each head as the single-kind torch reference computes it."""
+    rng = np.random.default_rng(seed)
+    d, heads, k = 8, 4, 6
+    npvit.nn.manual_seed(seed)
+    ours = npvit.nn.MPCAttention(d, heads, kind=kinds).astype(dtype)
+    x = rng.standard_normal((2, k, d)).astype(dtype)
+    g = rng.standard_normal(x.shape).astype(dtype)
+    y = ours.forward(x)
+    dx = ours.backward(g)
+    f64 = lambda a: torch.tensor(a.astype(np.float64), requires_grad=True)
+    xt = f64(x)
+    w_qkv, w_proj, b_proj = (f64(ours.state_dict()[n]) for n in ("qkv.weight", "proj.weight", "proj.bias"))
+    # head j alone: zero the other heads' output columns, so y = sum_j y_j - (h - 1) b_proj
+    masks = [torch.zeros(d, dtype=torch.float64).index_fill_(0, torch.arange(j * 2, j * 2 + 2), 1.0)
+             for j in range(heads)]
+    yt = sum(torch_mpc_attention(torch, xt, w_qkv, w_proj * masks[j], b_proj, heads, kinds[j])
+             for j in range(heads)) - (heads - 1) * b_proj
+    (yt * torch.tensor(g.astype(np.float64))).sum().backward()
+    assert rel_err(y, yt.detach().numpy()) <= TOL[dtype]
+    errors = gradient_errors({"dx": (dx, xt.grad.numpy()),
+                              "qkv.weight": (ours.qkv.weight.grad, w_qkv.grad.numpy()),
+                              "proj.weight": (ours.proj.weight.grad, w_proj.grad.numpy())}, dtype)
+    assert max(errors.values()) <= TOL[dtype], errors
+
+
 def test_mpc_softmax_kind_is_multi_head_attention(rng):
     mha = npvit.nn.MultiHeadAttention(8, 2).astype(np.float64)
     mpc = npvit.nn.MPCAttention(8, 2, kind="softmax", qkv_bias=True).astype(np.float64)
@@ -404,7 +433,7 @@ def test_lookup_cross_attention_gradients(rng):
     assert len(errors) == 12 and max(errors.values()) < 1e-7, errors
 
 
-@pytest.mark.parametrize("kind", ["softmax", "relu", "scaling"])
+@pytest.mark.parametrize("kind", ["softmax", "relu", "scaling", ("relu", "scaling")])
 def test_mpc_attention_gradients(rng, kind):
     fwd, bwd = wrap_op(lambda **kw: F.mpc_attention_forward(**kw, num_heads=2, kind=kind),
                        F.mpc_attention_backward, ["x", "w_qkv", "b_qkv", "w_proj", "b_proj"])

@@ -171,7 +171,7 @@ assert np.allclose(z_out, look.last_compressed)
 #
 # Under secure multi-party computation the softmax's exp and division dominate the latency, so
 # MPCViT searches, per head, between the softmax, **ReLU softmax** `ReLU(s) / (sum ReLU(s) + eps)`
-# and **scaling attention** `s / k`. The scaling attention is linear in s, so it could be
+# and **scaling attention** `s / k` (`kind=` one of them, or one per head). The scaling attention is linear in s, so it could be
 # re-associated as `q (k^T v) / k`: O(k d^2) and no k x k array, the linear-attention trick.
 # npvit computes it as the paper defines it (with the k x k matrix) and checks the identity:
 
@@ -185,6 +185,10 @@ assert np.allclose(y_scaling[0], reassociated)
 relu = npvit.nn.MPCAttention(8, num_heads=2, kind="relu").astype(np.float64)
 relu.forward(x_mpc)
 assert (relu.last_attention >= 0).all() and (relu.last_attention.sum(-1) <= 1 + 1e-12).all()
+# the searched MPCViT mixes kinds per head ("heterogeneous attention"): a kind per head
+mixed = npvit.nn.MPCAttention(8, num_heads=2, kind=("softmax", "scaling")).astype(np.float64)
+mixed.forward(x_mpc)
+assert np.allclose(mixed.last_attention[:, 0].sum(-1), 1.0)       # head 0: a softmax
 
 # %% [markdown]
 # ## Every backward, against finite differences

@@ -91,6 +91,9 @@ def _weights_forward(scores, kind: str):
 
 def _weights_backward(dweights, cache):
     kind, state = cache
+    if kind == "heads":                                  # one cache per head
+        return np.stack([_weights_backward(np.ascontiguousarray(dweights[:, j]), c)
+                         for j, c in enumerate(state)], axis=1)
     if kind == "softmax":
         return softmax_backward(dweights, state)
     if kind == "relu":
@@ -101,9 +104,19 @@ def _weights_backward(dweights, cache):
     return dweights / state                              # scaling: A = s / m
 
 
-def _attention_forward(q, key, v, scale, bias=None, kind: str = "softmax"):
+def _heads_weights_forward(scores, kinds):
+    """MPCViT's heterogeneous attention: head j of scores (B, h, n, m) uses kinds[j]."""
+    weights, caches = np.empty_like(scores), []
+    for j, kind in enumerate(kinds):
+        weights[:, j], cache = _weights_forward(np.ascontiguousarray(scores[:, j]), kind)
+        caches.append(cache)
+    return weights, ("heads", caches)
+
+
+def _attention_forward(q, key, v, scale, bias=None, kind="softmax"):
     """q (B, h, n, dk), key (B, h, m, dk), v (B, h, m, dv), bias (h, n, m) or None:
         s = (scale q) key^T + bias;  A = weights(s) over the m keys;  out = A v  (B, h, n, dv).
+    kind: one of ATTENTION_KINDS for every head, or a sequence of h of them (one per head).
     Returns out, A (B, h, n, m) and the cache."""
     q = q * scale
     opcount.elementwise("q = q * scale", q)
@@ -113,7 +126,10 @@ def _attention_forward(q, key, v, scale, bias=None, kind: str = "softmax"):
     if bias is not None:
         scores += bias
         opcount.elementwise("scores + bias", scores)
-    weights, weights_cache = _weights_forward(scores, kind)
+    if isinstance(kind, str):
+        weights, weights_cache = _weights_forward(scores, kind)
+    else:
+        weights, weights_cache = _heads_weights_forward(scores, kind)
     out = weights @ v
     opcount.matmul("out = A v", weights, v, out)
     return out, weights, (q, key, v, weights, weights_cache, scale, bias is not None)
@@ -437,13 +453,15 @@ def lookup_cross_attention_backward(dx_out, dz_out, cache):
 
 
 # --- MPCViT: multi-head attention with a softmax, ReLU softmax or scaling -----------------------
-def mpc_attention_forward(x, w_qkv, b_qkv, w_proj, b_proj, num_heads: int, kind: str = "relu"):
+def mpc_attention_forward(x, w_qkv, b_qkv, w_proj, b_proj, num_heads: int, kind="relu"):
     """MPCViT's attention heads (Zeng et al. 2023): timm-style multi-head self-attention
     (fused qkv (3d, d) with rows [q | k | v], output projection (d, d)) whose weights are
         softmax:  A = softmax(s)                       (the baseline ViT head)
         relu:     A = ReLU(s) / (sum_keys ReLU(s) + eps),  eps = 1e-5   ("ReLU softmax")
         scaling:  A = s / k                            ("scaling attention", k = tokens)
-    with s = q k^T / sqrt(d/h). x (B, k, d) -> y (B, k, d), the cache; cache["attention"] is A.
+    with s = q k^T / sqrt(d/h). ``kind`` names one for all heads, or is a sequence of
+    num_heads names: MPCViT's searched "heterogeneous" attention, each head its own kind.
+    x (B, k, d) -> y (B, k, d), the cache; cache["attention"] is A.
     """
     qkv, qkv_cache = linear_forward(x, w_qkv, b_qkv)
     opcount.linear("q, k, v = x W_qkv^T + b", w_qkv, qkv, b_qkv)

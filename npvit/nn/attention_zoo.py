@@ -272,15 +272,19 @@ class LookupCrossAttention(Module):
 
 class MPCAttention(Module):
     """MPCViT's attention: tokens (B, k, dim) -> (B, k, dim), multi-head self-attention whose
-    softmax is ``kind`` = "softmax", "relu" (ReLU softmax) or "scaling" (scaling attention);
+    softmax is ``kind`` = "softmax", "relu" (ReLU softmax) or "scaling" (scaling attention),
+    or a sequence of num_heads of these (MPCViT's heterogeneous attention, a kind per head);
     ``qkv`` (3 dim, dim; bias only with qkv_bias, as MPCViT's code has none) and ``proj``."""
 
     def __init__(self, dim, num_heads=8, kind="relu", qkv_bias=False, dtype=np.float32):
         super().__init__()
         if dim % num_heads:
             raise NpvitError(f"dim {dim} is not divisible by num_heads {num_heads}")
-        if kind not in Z.ATTENTION_KINDS:
-            raise NpvitError(f"MPCAttention kind must be one of {', '.join(Z.ATTENTION_KINDS)}, got {kind!r}")
+        kinds = [kind] if isinstance(kind, str) else list(kind)
+        if any(k not in Z.ATTENTION_KINDS for k in kinds) or len(kinds) not in (1, num_heads):
+            raise NpvitError(f"MPCAttention kind must be one of {', '.join(Z.ATTENTION_KINDS)} or a "
+                             f"list of {num_heads} of them (one per head), got {kind!r}")
+        kind = kind if isinstance(kind, str) else tuple(kinds)
         self.dim, self.num_heads, self.kind = dim, num_heads, kind
         self.qkv = Linear(dim, 3 * dim, bias=qkv_bias, dtype=dtype)
         self.proj = Linear(dim, dim, dtype=dtype)
