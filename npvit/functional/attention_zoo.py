@@ -258,6 +258,9 @@ def cascaded_group_attention_forward(x, qkvs, dws, proj, attention_biases, bias_
     heads = len(qkvs)
     n = height * width
     splits = np.split(x, heads, axis=1)                  # h times (B, C/h, H, W)
+    # channels (B, ch, H, W) -> tokens as rows (B, 1, N, ch): a "head" axis of size 1, so the
+    # shared attention code applies to one head at a time
+    as_tokens = lambda t: t.reshape(b, 1, t.shape[1], n).swapaxes(-1, -2)
     head_caches, outs, attention = [], [], []
     feat = splits[0]
     for i in range(heads):
@@ -269,8 +272,6 @@ def cascaded_group_attention_forward(x, qkvs, dws, proj, attention_biases, bias_
         kernel = dws[i][0].shape[-1]
         q, dw_cache = _conv_bn_forward(np.ascontiguousarray(q), dws[i], training, momentum, eps,
                                        padding=kernel // 2, groups=key_dim)
-        # tokens as rows, one "head" axis of size 1 so the shared attention code applies
-        as_tokens = lambda t: t.reshape(b, 1, t.shape[1], n).swapaxes(-1, -2)   # (B, 1, N, ch)
         bias = _gather_bias(attention_biases[i:i + 1], bias_index)               # (1, N, N)
         out, weights, sdp_cache = _attention_forward(as_tokens(q), as_tokens(key), as_tokens(v),
                                                      key_dim ** -0.5, bias)
@@ -301,13 +302,13 @@ def cascaded_group_attention_backward(dy, cache):
     dmerged = relu_backward(dactivated, cache["relu_mask"])
     douts = np.split(dmerged, len(cache["heads"]), axis=1)
     dsplits, dqkvs, ddws, dtables = [], [], [], []
+    as_channels = lambda t: t.swapaxes(-1, -2).reshape(b, t.shape[-1], height, width)  # as_tokens^-1
     dfeat_next = None                                    # d loss / d feat_{i+1}
     for i in reversed(range(len(cache["heads"]))):
         qkv_cache, dw_cache, sdp_cache = cache["heads"][i]
         dout = douts[i] if dfeat_next is None else douts[i] + dfeat_next
         dout_tokens = dout.reshape(b, 1, val_dim, n).swapaxes(-1, -2)             # (B, 1, N, dv)
         dq, dkey, dv, dbias = _attention_backward(dout_tokens, sdp_cache)
-        as_channels = lambda t: t.swapaxes(-1, -2).reshape(b, t.shape[-1], height, width)
         dq, ddw = _conv_bn_backward(np.ascontiguousarray(as_channels(dq)), dw_cache)
         dqkv = np.concatenate([dq, as_channels(dkey), as_channels(dv)], axis=1)
         dfeat, dqkv_params = _conv_bn_backward(dqkv, qkv_cache)
