@@ -198,7 +198,6 @@ def torch_lookup_cross_attention(torch, x, z, w_q, b_q, w_kv, b_kv, w_zo, b_zo, 
     (projected) with the softmax of the same S over the compressed tokens."""
     lin = torch.nn.functional.linear
     b, k, d = x.shape
-    m = z.shape[1]
     split = lambda t: t.reshape(b, t.shape[1], heads, d // heads).transpose(1, 2)
     merge = lambda t: t.transpose(1, 2).reshape(b, t.shape[2], d)
     q = split(lin(z, w_q, b_q))

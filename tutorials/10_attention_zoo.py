@@ -34,7 +34,6 @@ import npvit
 from npvit import functional as F
 from npvit.bench import attention_zoo as zoo
 from npvit.gradcheck import check_gradients, wrap_op
-from npvit.opcount import count_ops
 from tutorial_setup import FAST, optional_torch, plt, show, skip_without_torch
 
 rng = np.random.default_rng(0)

@@ -84,7 +84,8 @@ def make_unit(unit, k, dim, heads, proj_len, rng):
         table = rng.standard_normal((heads, h * w)).astype(np.float32)
         index = F.relative_position_index(h, w)
         fmap = x.reshape(1, h, w, dim).transpose(0, 3, 1, 2).copy()
-        args = (convs(m.qkvs), convs(m.dws), convs([m.proj[1]])[0], table, index, CGA_KEY_DIM, dim // heads)
+        args = (convs(m.qkvs), convs(m.dws), convs([m.proj[1]])[0], table, index, CGA_KEY_DIM,
+                dim // heads)
         return lambda: F.cascaded_group_attention_forward(fmap, *args)
     if unit == "CGA-7x7":
         m = nn.CascadedGroupAttention(dim, CGA_KEY_DIM, heads, dim // heads // CGA_KEY_DIM,
@@ -221,7 +222,8 @@ def markdown_tables(result) -> str:
         lines = [f"**{title}**", "", "| k | " + " | ".join(ALL_UNITS) + " |",
                  "|" + "---:|" * (1 + len(ALL_UNITS))]
         for k in result.ks:
-            lines.append(f"| {k} | " + " | ".join(_cell(result.get(u, k), what) for u in ALL_UNITS) + " |")
+            cells = " | ".join(_cell(result.get(u, k), what) for u in ALL_UNITS)
+            lines.append(f"| {k} | {cells} |")
         parts.append("\n".join(lines))
     return "\n\n".join(parts)
 

@@ -285,7 +285,7 @@ def cascaded_group_attention_forward(x, qkvs, dws, proj, attention_biases, bias_
     opcount.elementwise("ReLU", activated)
     y, proj_cache = _conv_bn_forward(activated, proj, training, momentum, eps)
     cache = {"heads": head_caches, "proj": proj_cache, "relu_mask": relu_mask,
-             "shape": (b, height, width), "key_dim": key_dim, "val_dim": val_dim,
+             "shape": (b, height, width), "val_dim": val_dim,
              "index": bias_index, "table_size": attention_biases.shape[1], "attention": attention}
     return y, cache
 
@@ -296,7 +296,7 @@ def cascaded_group_attention_backward(dy, cache):
     "attention_biases": (h, T)}. The cascade runs backwards: head i's output feeds both the
     concatenation and head i+1's input, so its gradient is the sum of the two."""
     b, height, width = cache["shape"]
-    key_dim, val_dim = cache["key_dim"], cache["val_dim"]
+    val_dim = cache["val_dim"]
     n = height * width
     dactivated, dproj = _conv_bn_backward(dy, cache["proj"])
     dmerged = relu_backward(dactivated, cache["relu_mask"])

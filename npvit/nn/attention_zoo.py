@@ -52,12 +52,14 @@ class CascadedGroupAttention(Module):
         if len(kernels) < num_heads:
             raise NpvitError(f"CascadedGroupAttention needs one kernel per head: {num_heads} heads, "
                              f"kernels {tuple(kernels)}")
-        self.num_heads, self.key_dim, self.val_dim, self.resolution = num_heads, key_dim, val_dim, resolution
+        self.num_heads, self.key_dim, self.val_dim = num_heads, key_dim, val_dim
+        self.resolution = resolution
         self.qkvs = Sequential(*[ConvNormAct(dim // num_heads, 2 * key_dim + val_dim, 1, act=False,
                                              dtype=dtype) for _ in range(num_heads)])
         self.dws = Sequential(*[ConvNormAct(key_dim, key_dim, kernels[i], groups=key_dim, act=False,
                                             dtype=dtype) for i in range(num_heads)])
-        self.proj = Sequential(ReLU(), ConvNormAct(val_dim * num_heads, dim, 1, act=False, dtype=dtype))
+        self.proj = Sequential(ReLU(), ConvNormAct(val_dim * num_heads, dim, 1, act=False,
+                                                   dtype=dtype))
         self.proj[1].bn.weight.data[:] = 0               # timm: bn_weight_init=0
         self.attention_biases = Parameter(np.zeros((num_heads, resolution * resolution), dtype))
         self.attention_bias_idxs = Z.relative_position_index(resolution, resolution)
@@ -171,7 +173,8 @@ class TinyViTAttention(_BiasedAttention):
     def __init__(self, dim, key_dim, num_heads=8, attn_ratio=4, resolution=(14, 14),
                  dtype=np.float32):
         if not (isinstance(resolution, tuple) and len(resolution) == 2):
-            raise NpvitError(f"TinyViTAttention's resolution is a (rows, cols) tuple, got {resolution!r}")
+            raise NpvitError(f"TinyViTAttention's resolution is a (rows, cols) tuple, "
+                             f"got {resolution!r}")
         super().__init__(dim, key_dim, num_heads, attn_ratio, *resolution, dtype)
         self.norm = LayerNorm(dim, dtype=dtype)
         self.attention_bias_idxs = Z.relative_position_index(*resolution)
@@ -208,7 +211,8 @@ class LookupCrossAttention(Module):
     (lookup keys and values), ``proj_compressed``, ``value_compressed`` and ``proj_lookup``
     (all Linear), ``compressed_tokens``, and the mixer's."""
 
-    def __init__(self, dim, num_heads=8, num_compressed=49, compressed_mixer=None, dtype=np.float32):
+    def __init__(self, dim, num_heads=8, num_compressed=49, compressed_mixer=None,
+                 dtype=np.float32):
         super().__init__()
         if dim % num_heads:
             raise NpvitError(f"dim {dim} is not divisible by num_heads {num_heads}")
@@ -229,7 +233,8 @@ class LookupCrossAttention(Module):
         _check_tokens(self, x, self.dim)
         own = z is None
         if own:
-            z = np.broadcast_to(self.compressed_tokens.data, (x.shape[0], *self.compressed_tokens.shape))
+            tokens = self.compressed_tokens.data
+            z = np.broadcast_to(tokens, (x.shape[0], *tokens.shape))
         elif z.ndim != 3 or z.shape[0] != x.shape[0] or z.shape[2] != self.dim:
             raise NpvitError(f"LookupCrossAttention expects compressed tokens (B, M, {self.dim}) "
                              f"with B = {x.shape[0]}, got {z.shape}")
@@ -267,7 +272,8 @@ class LookupCrossAttention(Module):
         return dx
 
     def extra_repr(self):
-        return f"dim={self.dim}, num_heads={self.num_heads}, num_compressed={self.compressed_tokens.shape[0]}"
+        return (f"dim={self.dim}, num_heads={self.num_heads}, "
+                f"num_compressed={self.compressed_tokens.shape[0]}")
 
 
 class MPCAttention(Module):
