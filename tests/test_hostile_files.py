@@ -372,6 +372,8 @@ def _cli_cases(tmp: Path) -> list[dict]:
         ("gradcheck --seed -1", ["gradcheck", "--seed", "-1"], 2, "--seed must be a non-negative"),
         ("predict --size 100000", ["predict", "--model", "mobilevit_xxs", "--size", "100000"], 2,
          "the largest --size that fits is"),
+        ("eval --size 100000", ["eval", f / "images", "--weights", xxs, "--size", "100000"], 2,
+         "the largest --size that fits is"),
         ("scoremap --size 100000", ["scoremap", f / "good.png", "--model", "mobilevit_xxs",
                                     "--size", "100000"], 2, "the largest --size that fits is"),
         ("scoremap -o x.unknownext", ["scoremap", f / "good.png", "--model", "mobilevitv2_050",
