@@ -112,9 +112,7 @@ def _named_class_folders(root: Path, folders: list[Path], class_names: list[str]
     if not folders or unknown:
         found = (f"{root}/{unknown[0]} is not one of them ({len(unknown)} folders are not)"
                  if unknown else f"{root} has no sub-folders")
-        hint = ""
-        if any((root / split).is_dir() for split in ("val", "test")) and "val" in unknown:
-            hint = f"; did you mean {root / 'val'}?"
+        hint = f"; did you mean {root / 'val'}?" if "val" in unknown else ""   # a train/val root
         raise NpvitError(f"the model's classes are {listing}: put each class's images in "
                          f"DIR/<class>/; {found}{hint}")
     return [(f, index[p.name]) for p in folders for f in image_files(p)]
@@ -270,7 +268,8 @@ def _save_confusion(confusion: np.ndarray, names, path, title: str) -> None:
 
 
 def add_parser(sub):
-    p = sub.add_parser("eval", help="top-1 / top-5 accuracy on a folder of labelled ImageNet images",
+    p = sub.add_parser("eval", help="top-1 / top-5 accuracy on a folder of labelled ImageNet images "
+                                    "(mIoU on PASCAL VOC / ADE20k, mAP on COCO)",
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("directory", metavar="DIR", help="DIR/<wnid>/<image> or DIR/<wnid>_*.JPEG; or a "
                    "COCO folder (DIR/annotations/instances_*.json + images): detection mAP")

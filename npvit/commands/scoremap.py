@@ -103,6 +103,10 @@ def run(args) -> int:
 def _image_box(args):
     """IMAGE's box [x0, y0, x1, y1] in its own pixels from --box or --boxes, or None."""
     if args.box is not None:
+        x0, y0, x1, y1 = args.box
+        if not (0 <= x0 < x1 and 0 <= y0 < y1):     # also false for NaN
+            raise NpvitError(f"--box needs 0 <= X0 < X1 and 0 <= Y0 < Y1, got "
+                             f"{' '.join(f'{v:g}' for v in args.box)}")
         return args.box
     if args.boxes is None:
         return None

@@ -75,6 +75,10 @@ def check_meta(meta, source: str = "model meta") -> dict:
         raise bad(f"num_classes is {meta['num_classes']} but {len(classes)} class names are given")
     if not all(isinstance(c, str) and c for c in classes):
         raise bad("every class name must be a non-empty string")
+    # names are printed one per line and used as folder names: no control characters
+    odd = next((c for c in classes if not c.isprintable() or len(c) > 200), None)
+    if odd is not None:
+        raise bad(f"class name {odd[:40]!r} has control characters or is over 200 characters")
     if len(set(classes)) != len(classes):
         raise bad("the class names are not unique")
     if meta["input_size"] < 1:
