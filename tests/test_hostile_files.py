@@ -177,6 +177,7 @@ def _hostile_files(tmp: Path, marker: Path) -> list[dict]:
     os.mkfifo(f / "fifo.pt")
     add("FIFO", f / "fifo.pt", "is a FIFO (named pipe), not a regular file")
     add("device", "/dev/zero", "is a device, not a regular file")
+    add("OSError on read", "/proc/self/mem", "cannot read checkpoint /proc/self/mem: Input/output")
     if os.geteuid() != 0:                       # root reads any file
         unreadable = H.honest_tensor_file(f / "unreadable.pt")
         unreadable.chmod(0)
