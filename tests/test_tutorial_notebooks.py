@@ -136,3 +136,16 @@ def test_relative_error_is_cs231n_elementwise():
     # elementwise: the small entry's 10% error counts although the big entry dominates the scale
     assert relative_error([0.1, 100.0], [0.11, 100.0]) == pytest.approx(0.01 / 0.21)
     assert relative_error([0.0], [0.0]) == 0 and relative_error([1e-9], [0.0]) == pytest.approx(0.1)
+
+
+def test_readme_course_lists_every_tutorial_with_a_thumbnail():
+    """The README's course table has a row per tutorial, each with a small committed figure."""
+    root = TUTORIALS_DIR.parent
+    rows = [line for line in (root / "README.md").read_text().splitlines()
+            if line.startswith("| ![](")]
+    for path in TUTORIALS:
+        row = next((r for r in rows if f"| `{path.name}` |" in r), None)
+        assert row, f"the README's course table has no row for {path.name}"
+        thumbnail = root / re.match(r"\| !\[\]\(([^)]+)\)", row)[1]
+        assert thumbnail.is_file(), f"{path.name}: thumbnail {thumbnail.name} is missing"
+        assert thumbnail.stat().st_size < 100_000

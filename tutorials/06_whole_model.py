@@ -43,6 +43,7 @@ import numpy as np
 import npvit
 from npvit import functional as F
 from npvit import train
+# relative_error: npvit's scale-free max|a - b| / max(|a|, |b|) (tutorial 4)
 from npvit.gradcheck import check_gradients, numeric_gradient, relative_error, wrap_op
 from npvit.models.network import ClassifierHead
 from npvit.nn.blocks import InvertedResidual
@@ -383,7 +384,6 @@ for training in (False, True):
     err = relative_error(gradients(2, training), gradients(1, training))
     print(f"{'training' if training else 'eval'} mode: two micro-batches vs one batch, relative error {err:.1e}")
     assert err < 1e-12 if not training else err > 1e-3
-small.eval()
 
 # %% [markdown]
 # ### Exercises

@@ -32,6 +32,7 @@ import numpy as np
 
 from ..errors import NpvitError
 from .convert import convert_checkpoint
+from .reader import check_regular_file
 
 META_KEY = "npvit_meta"
 FORMAT = 1
@@ -120,8 +121,7 @@ def write_model_npz(path, state_dict: dict, meta: dict) -> Path:
 def read_model_meta(path) -> dict | None:
     """The checked meta dict of an npvit model file, or None for any file without one."""
     path = Path(path)
-    if not path.is_file():
-        raise NpvitError(f"checkpoint {path} does not exist")
+    check_regular_file(path, "checkpoint")   # missing, a directory, FIFO or device: by name
     with open(path, "rb") as f:
         if f.read(2) != b"PK":        # not a zip, so not an .npz
             return None
