@@ -22,16 +22,21 @@ without network) on a first run would surprise more than it helps.
 """
 from __future__ import annotations
 
+import functools
+import os
+import tracemalloc
 from typing import NamedTuple
 
 import numpy as np
 
-from .data import PIPELINES, default_pipeline, imagenet_classes
+from . import opcount
+from .data import DEFAULT_CROP_SIZE, MIN_SIDE, PIPELINES, default_pipeline, imagenet_classes
 from .errors import NpvitError
 from .functional import softmax_forward
 from .models import MobileViTNet, create_model, list_models
 from .nn import no_grad
-from .weights import cache_dir, convert_checkpoint, local_weights, official, pretrained_path
+from .weights import (cache_dir, convert_cached, convert_checkpoint, load_model_file,
+                      local_weights, official, pretrained_path, read_model_meta)
 from .weights.keymap import LAYOUT_NAMES
 
 # The smallest MobileViTv2 (1.37 M parameters, 70.18% top-1): quick on a laptop CPU, and its
@@ -63,6 +68,24 @@ def pipeline_for(model_name: str, preprocess: str | None = "cvnets") -> str:
     return preprocess
 
 
+def model_file_settings(weights, preprocess: str | None = None, size: int | None = None
+                        ) -> tuple[dict | None, str | None, int, int | None]:
+    """(meta, preprocess, size, resize size) for a command given ``--weights``: what the user
+    did not give comes from the model file's meta when it has one (its pipeline, its input
+    size and resize size), else the defaults (None = the family's pipeline; 256)."""
+    meta = read_model_meta(weights) if weights is not None else None
+    resize = None
+    if meta is not None:
+        if meta["preprocess"] not in PIPELINES:
+            raise NpvitError(f"{weights}: its preprocessing {meta['preprocess']!r} is not one "
+                             f"of this npvit's ({', '.join(PIPELINES)})")
+        if preprocess is None:
+            preprocess = meta["preprocess"]
+        if size is None:
+            size, resize = meta["input_size"], meta.get("resize_size")
+    return meta, preprocess, DEFAULT_CROP_SIZE if size is None else size, resize
+
+
 def missing_weights_message(name: str) -> str:
     """One line: no official weights for ``name`` here, and the ways to get some."""
     return (f"no official weights for {name} in {cache_dir()}: run `npvit download {name}` "
@@ -75,13 +98,16 @@ def load_model(name: str | None = None, weights=None, fallback_random: bool = Fa
     """(model in eval mode, one line saying where its weights came from); see the module
     docstring for the order. ``name`` may be None when ``weights`` is given: the variant is then
     detected from the checkpoint's keys and shapes. ``seed`` fixes the random weights."""
-    if name is not None and name not in list_models():
-        raise NpvitError(f"unknown model {name!r}; choose one of {', '.join(list_models())}")
+    if name is not None and name not in list_models("all"):
+        raise NpvitError(f"unknown model {name!r}; choose one of {', '.join(list_models('all'))}")
     if weights is not None:
-        converted = convert_checkpoint(weights, model=name)
-        model = create_model(converted.model)
-        model.load_state_dict(converted.state)
-        source = f"weights {weights} ({LAYOUT_NAMES[converted.layout]} layout)"
+        loaded = load_model_file(weights, model=name)   # a file of another variant: one line
+        model = create_model(loaded.model, num_classes=loaded.num_classes)
+        model.load_state_dict(loaded.state)
+        model.meta = loaded.meta
+        what = (f"{loaded.num_classes} classes" if loaded.meta
+                else f"{LAYOUT_NAMES[loaded.layout]} layout")
+        source = f"weights {weights} ({what})"
     else:
         name = name or DEFAULT_MODEL
         path = local_weights(name)
@@ -89,7 +115,7 @@ def load_model(name: str | None = None, weights=None, fallback_random: bool = Fa
             path = pretrained_path(name)   # downloads and converts; offline: one-line NpvitError
         if path is not None:
             model = create_model(name)
-            model.load_state_dict(convert_checkpoint(path, model=name).state)
+            model.load_state_dict(convert_cached(path, name).state)
             source = f"official weights ({path})"
         elif fallback_random:
             model, source = create_model(name, seed=seed), RANDOM_WEIGHTS
@@ -116,16 +142,169 @@ def classify(model: MobileViTNet, batch) -> np.ndarray:
     return probabilities.astype(np.float32)
 
 
-def top_k(probabilities, k: int = 5) -> list[Prediction]:
-    """The ``k`` most probable ImageNet classes of ONE image's probabilities (1000,), best
-    first; equal probabilities are ordered by class index."""
+def top_k(probabilities, k: int = 5, class_names: list[str] | None = None) -> list[Prediction]:
+    """The ``k`` most probable classes of ONE image's probabilities, best first (all of them
+    when there are fewer than k); equal probabilities are ordered by class index.
+    class_names None: the 1000 ImageNet classes (wnid and name); else the names of the
+    model's outputs (wnid "")."""
     probabilities = np.asarray(probabilities)
-    classes = imagenet_classes()
-    if probabilities.shape != (len(classes),):
-        raise NpvitError(f"expected one image's {len(classes)} class probabilities, "
+    if class_names is None:
+        imagenet = imagenet_classes()
+        wnids, names = [c.wnid for c in imagenet], [c.name for c in imagenet]
+    else:
+        wnids, names = [""] * len(class_names), list(class_names)
+    if probabilities.shape != (len(names),):
+        raise NpvitError(f"expected one image's {len(names)} class probabilities, "
                          f"got shape {probabilities.shape}")
     if k < 1:
         raise NpvitError(f"top-k needs k >= 1, got {k}")
     order = np.argsort(-probabilities, kind="stable")[:k]
-    return [Prediction(rank, int(i), classes[i].wnid, classes[i].name, float(probabilities[i]))
+    return [Prediction(rank, int(i), wnids[i], names[i], float(probabilities[i]))
             for rank, i in enumerate(order, start=1)]
+
+
+def class_names(model: MobileViTNet) -> tuple[list[str] | None, str | None]:
+    """(names of the model's outputs, a one-line note or None). From the model file's meta
+    when it has one; None (= ImageNet, for `top_k`) for 1000 outputs without one; otherwise
+    "class 0" ... "class K-1", with a note saying the file names no classes."""
+    if model.meta is not None:
+        return list(model.meta["classes"]), None
+    k = model.head.fc.weight.shape[0]
+    if k == 1000:
+        return None, None
+    return [f"class {i}" for i in range(k)], (
+        f"the weights name none of their {k} classes, so they are labelled class 0 ... "
+        f"class {k - 1} (npvit finetune writes the names into model.npz)")
+
+
+# --- will an input size fit in memory? ------------------------------------------------------------
+# The working set of one pass grows as size^2 (feature maps) and, for MobileViT v1, as size^4
+# (each (P*h, N, N) attention map has N ~ (size/16)^2 patches at output stride 8): predict
+# --size 2048 on v1 would ask for 16 GiB per attention map. `check_size` measures the pass at two
+# small sizes and refuses, up front and in one line, a size whose estimate exceeds the memory
+# this process may still use.
+_CALIBRATION_SIZES = (64, 128)
+
+
+@functools.lru_cache(maxsize=None)
+def _calibrate(name: str, training: bool) -> tuple[float, float, float, float]:
+    """(a, b, attention_largest, attention_total) for model ``name``, one image: the measured
+    peak of new allocations is a + b * size^2 plus the attention maps, which at size S take
+    attention_* * (S / 64)^4 bytes (v1; 0 for v2, whose context scores grow as size^2 and are
+    part of b). Measured with tracemalloc (NumPy reports its buffers to it) at sizes 64 and 128."""
+    model = create_model(name)
+    model.train(training)
+    peaks, attention = [], []
+    if training:   # the first backward allocates every parameter's .grad; keep that out of b
+        y = model(np.zeros((1, 3, MIN_SIDE, MIN_SIDE), np.float32))
+        model.backward(np.ones_like(y))
+    for size in _CALIBRATION_SIZES:
+        x = np.full((1, 3, size, size), 0.5, np.float32)
+        tracing = tracemalloc.is_tracing()
+        if not tracing:
+            tracemalloc.start()
+        tracemalloc.reset_peak()
+        start = tracemalloc.get_traced_memory()[0]
+        with opcount.count_ops() as counter:
+            if training:
+                model.backward(np.ones_like(model(x)))
+            else:
+                with no_grad():
+                    model(x)
+        peak = tracemalloc.get_traced_memory()[1] - start
+        if not tracing:
+            tracemalloc.stop()
+        maps = [op.nbytes for op in counter.ops if op.name == "softmax over keys"]  # v1 MHA
+        scale = (size / _CALIBRATION_SIZES[0]) ** 4
+        attention.append((max(maps, default=0) / scale, sum(maps) / scale))
+        peaks.append(peak - (sum(maps) if training else max(maps, default=0)))
+    (s0, s1), (p0, p1) = _CALIBRATION_SIZES, peaks
+    b = max(p1 - p0, 0) / (s1 ** 2 - s0 ** 2)
+    a = max(p0 - b * s0 ** 2, 0)
+    return a, b, *attention[0]
+
+
+def working_set_bytes(name: str, size: int, batch: int = 1, training: bool = False,
+                      capture: bool = False) -> float:
+    """Estimated peak memory (bytes, float32) of one pass of model ``name`` on ``batch`` images of
+    ``size`` x ``size``: inference (under no_grad, one image at a time, so ``batch`` does not
+    matter; ``capture``: every layer's attention map kept, as viz.capture does) or a training
+    step (forward + backward, every layer's cache alive). Within about 10% of the peak RSS
+    measured for v1 and v2 models at sizes 256-1024."""
+    a, b, largest, total = _calibrate(name, training)
+    attention = (size / _CALIBRATION_SIZES[0]) ** 4
+    if training:
+        # every layer's map is cached for backward, and backward makes a few of the largest
+        per_image = b * size ** 2 + (total + 3 * largest) * attention
+        return a + batch * per_image
+    return a + b * size ** 2 + (total if capture else largest) * attention
+
+
+def available_memory_bytes() -> int | None:
+    """What this process may still allocate: the system's available memory (Linux
+    /proc/meminfo MemAvailable), lowered to what an address-space limit (ulimit -v) leaves;
+    None where neither is known."""
+    limits = []
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    limits.append(int(line.split()[1]) * 1024)
+    except (OSError, ValueError):
+        pass
+    try:
+        import resource
+        soft, _ = resource.getrlimit(resource.RLIMIT_AS)
+        if soft != resource.RLIM_INFINITY:
+            with open("/proc/self/statm") as f:
+                used = int(f.read().split()[0]) * os.sysconf("SC_PAGE_SIZE")
+            limits.append(max(soft - used, 0))
+    except (ImportError, OSError, ValueError):
+        pass
+    return min(limits) if limits else None
+
+
+def largest_size(name: str, budget: float, batch: int = 1, training: bool = False,
+                 capture: bool = False, step: int = 32) -> int:
+    """The largest multiple of ``step`` whose working set fits ``budget`` bytes (MIN_SIDE when
+    only that does); 0 when not even MIN_SIDE fits."""
+    def fits(size):
+        return working_set_bytes(name, size, batch, training, capture) <= budget
+
+    if not fits(MIN_SIDE):
+        return 0
+    low, high = 1, 2          # in units of step; fits(low * step) holds, fits(high * step) not yet known
+    while fits(high * step):
+        low, high = high, high * 2
+    while high - low > 1:     # working_set_bytes grows with size: bisect between low and high
+        mid = (low + high) // 2
+        low, high = (mid, high) if fits(mid * step) else (low, mid)
+    return max(low * step, MIN_SIDE)
+
+
+# Room left for everything else (decoded images, Python, the figure): use at most this share.
+MEMORY_SHARE = 0.8
+
+
+def check_size(name: str, size: int, batch: int = 1, training: bool = False,
+               capture: bool = False, option: str = "--size") -> None:
+    """Refuse, in one NpvitError line, an input ``size`` below MIN_SIDE or whose working set
+    (working_set_bytes) would not fit in MEMORY_SHARE of the memory this process may still use,
+    naming the largest size that does. Used by predict, eval and scoremap (inference; scoremap
+    with capture=True) and finetune (training=True with its batch size)."""
+    if size < MIN_SIDE:
+        raise NpvitError(f"{option} must be at least {MIN_SIDE}, got {size}")
+    available = available_memory_bytes()
+    if available is None:
+        return
+    budget = MEMORY_SHARE * available
+    need = working_set_bytes(name, size, batch, training, capture)
+    if need <= budget:
+        return
+    fits = largest_size(name, budget, batch, training, capture)
+    what = f"a training step on {batch} image(s)" if training else "inference"
+    advice = (f"the largest {option} that fits is {fits}" if fits
+              else "not even the smallest size fits; free some memory")
+    raise NpvitError(f"{option} {size} is too large for {name}: {what} would need about "
+                     f"{need / 2**30:.1f} GiB, and {available / 2**30:.1f} GiB are available; "
+                     f"{advice}")

@@ -17,12 +17,16 @@ What is counted, per reported operation:
   and normalisation of a softmax counted once per element, ReLU, products), and one per element
   a reduction reads (a sum over N of a (B, d, P, N) array is B*d*P*N additions).
 * the output array's shape and bytes; the largest of these over the pass is the
-  "largest intermediate buffer".
+  "largest intermediate buffer";
+* ``seconds`` — wall time since the previous report (or since the block began): as each report
+  follows its operation, this times the operation (plus any unreported work just before it,
+  such as a view turned into a copy), which makes the counter a per-operation profiler.
 Views (reshape, slicing, transpose without a copy) do no work and are not reported.
 """
 from __future__ import annotations
 
 import contextlib
+import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -31,11 +35,12 @@ import numpy as np
 @dataclass
 class Op:
     name: str           # what the code computes, e.g. "scores = q k^T"
-    kind: str           # linear | matmul | softmax | elementwise | reduction | copy
+    kind: str           # linear | conv | matmul | softmax | elementwise | reduction | copy
     macs: int
     elementwise: int
     shape: tuple
     nbytes: int
+    seconds: float = 0.0
 
 
 class OpCounter:
@@ -43,9 +48,13 @@ class OpCounter:
 
     def __init__(self):
         self.ops: list[Op] = []
+        self._clock = time.perf_counter()
 
     def record(self, name: str, kind: str, out: np.ndarray, macs: int = 0, elementwise: int = 0):
-        self.ops.append(Op(name, kind, int(macs), int(elementwise), tuple(out.shape), int(out.nbytes)))
+        now = time.perf_counter()
+        self.ops.append(Op(name, kind, int(macs), int(elementwise), tuple(out.shape), int(out.nbytes),
+                           now - self._clock))
+        self._clock = now
 
     @property
     def macs(self) -> int:
@@ -124,3 +133,10 @@ def copy(name: str, out: np.ndarray) -> None:
     """A data movement that allocated ``out`` (e.g. merging heads back into tokens)."""
     if _active is not None:
         _active.record(name, "copy", out)
+
+
+def conv(name: str, w: np.ndarray, out: np.ndarray) -> None:
+    """A k x k convolution (weight (C_out, C_in/groups, kh, kw)) produced ``out``: every output
+    element is a dot product over C_in/groups * kh * kw inputs (a depthwise conv: kh * kw)."""
+    if _active is not None:
+        _active.record(name, "conv", out, macs=out.size * w.shape[1] * w.shape[2] * w.shape[3])

@@ -47,3 +47,30 @@ def test_slope_is_the_log_log_exponent():
                     + [Measurement("separable", k, 3e-7 * k) for k in ks])
     assert np.isclose(result.slope("MHA"), 2.0) and np.isclose(result.slope("separable", 1024), 1.0)
     assert result.slope("Linformer") is None
+
+
+def test_units_all_runs_the_zoo_single_threaded_and_reports_slopes_and_operation_times(tmp_path):
+    png, md = tmp_path / "zoo.png", tmp_path / "zoo.md"
+    out = subprocess.run([sys.executable, "-m", "npvit", "bench", "attention", "--units", "all",
+                          "--quick", "--dim", "32", "--heads", "2", "--proj-len", "16",
+                          "--plot", str(png), "--markdown", str(md)], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    text = md.read_text()
+    from npvit.bench.attention_zoo import ALL_UNITS
+    for unit in ALL_UNITS:
+        assert f"| {unit} |" in text                    # a slope row and an operation-time row
+    assert "('openblas', 1)" in text or "pools seen: []" in text
+    assert "Load average" in text and "SIMD baseline" in text
+    assert "top 5 operations by time at k = 256" in text
+
+
+def test_units_all_rejects_a_width_cascaded_group_attention_cannot_split(tmp_path):
+    single = {v: "1" for v in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS",
+                               "VECLIB_MAXIMUM_THREADS")}
+    out = subprocess.run([sys.executable, "-m", "npvit", "bench", "attention", "--units", "all",
+                          "--dim", "40", "--heads", "4", "--plot", str(tmp_path / "x.png")],
+                         capture_output=True, text=True, env={**single, "PATH": ""})
+    assert out.returncode == 2
+    assert out.stderr.strip().splitlines() == [
+        "npvit: error: --dim 40 / --heads 4 must be a multiple of 16 (cascaded group attention's key_dim)"]

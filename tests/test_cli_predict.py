@@ -169,7 +169,7 @@ def test_a_checkpoint_for_another_model_is_one_line(tmp_path, photos, empty_cach
     save_npz(npvit.create_model(V1).state_dict(), tmp_path / "xxs.npz")
     assert main(["predict", str(photos[1]), "--model", V2, "--weights", str(tmp_path / "xxs.npz")]) == 2
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "does not fit mobilevitv2_050" in err
+    assert err.count("\n") == 1 and "holds mobilevit_xxs weights, not mobilevitv2_050" in err
 
 
 def test_models_lists_all_ten_with_counts_top1_and_cache_state(tmp_path, empty_cache):

@@ -44,6 +44,7 @@ def conv_bn_cases(draw):
         groups = c_in = c_out = draw(st.integers(1, 6))
     k = draw(st.sampled_from([1, 3]))
     return dict(n=draw(st.integers(1, 3)), c_in=c_in, c_out=c_out, groups=groups, k=k,
+                dilation=draw(st.sampled_from([1, 1, 2, 6])),
                 stride=draw(st.integers(1, 2)), hw=(draw(st.integers(3, 9)), draw(st.integers(3, 9))),
                 bias=draw(st.booleans()), seed=draw(st.integers(0, 2**32 - 1)))
 
@@ -56,19 +57,20 @@ def test_folded_conv_equals_conv_then_eval_batchnorm(case, dtype):
     w = rng.standard_normal((c_out, c_in // g, k, k)).astype(dtype)
     b = rng.standard_normal(c_out).astype(dtype) if case["bias"] else None
     gamma, beta, mean, var = random_batchnorm(rng, c_out, dtype)
-    conv, _ = F.conv2d_forward(x, w, b, case["stride"], k // 2, g)
+    d = case["dilation"]
+    conv, _ = F.conv2d_forward(x, w, b, case["stride"], d * (k // 2), g, d)
     expected, _ = F.batchnorm2d_forward(conv, gamma, beta, mean, var, training=False)
     w_folded, b_folded = F.fold_batchnorm(w, b, gamma, beta, mean, var)
     assert w_folded.dtype == b_folded.dtype == dtype
-    got, _ = F.conv2d_forward(x, w_folded, b_folded, case["stride"], k // 2, g)
+    got, _ = F.conv2d_forward(x, w_folded, b_folded, case["stride"], d * (k // 2), g, d)
     assert_same(got, expected, dtype)
 
 
-@given(conv_bn_cases(), DTYPES, st.booleans())
+@given(conv_bn_cases(), DTYPES, st.sampled_from([True, False, "relu"]))
 def test_conv_norm_act_inference_path_equals_the_plain_eval_path(case, dtype, act):
     rng = np.random.default_rng(case["seed"])
     layer = ConvNormAct(case["c_in"], case["c_out"], case["k"], case["stride"], case["groups"],
-                        act=act, dtype=dtype)
+                        act=act, dilation=case["dilation"], dtype=dtype)
     bn = layer.bn
     bn.weight.data, bn.bias.data, bn.running_mean, bn.running_var = random_batchnorm(
         rng, case["c_out"], dtype)

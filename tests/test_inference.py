@@ -56,7 +56,7 @@ def test_a_checkpoint_of_another_variant_is_refused_in_one_line(tmp_path, empty_
     weights = save_npz(npvit.create_model(V1).state_dict(), tmp_path / "xxs.npz")
     with pytest.raises(NpvitError) as info:
         load_model(V2, weights)
-    assert "does not fit mobilevitv2_050" in str(info.value) and "\n" not in str(info.value)
+    assert "holds mobilevit_xxs weights, not mobilevitv2_050" in str(info.value) and "\n" not in str(info.value)
 
 
 def test_official_weights_come_from_the_cache(empty_cache):

@@ -1,4 +1,4 @@
-"""Label-smoothed cross-entropy: forward and backward equal PyTorch's F.cross_entropy."""
+"""Label-smoothed cross-entropy and smooth L1: forward and backward equal PyTorch's."""
 import numpy as np
 import pytest
 from hypothesis import given
@@ -52,3 +52,16 @@ def test_gradient_rows_sum_to_zero():
 def test_bad_targets_give_one_clear_error(targets, match):
     with pytest.raises(NpvitError, match=match):
         F.cross_entropy_forward(np.zeros((2, 3)), targets)
+
+
+@given(shape=st.sampled_from([(5,), (3, 4), (2, 7, 4)]), beta=st.sampled_from([1.0, 0.5]),
+       seed=st.integers(0, 2**31 - 1))
+def test_smooth_l1_equals_pytorch(shape, beta, seed):
+    rng = np.random.default_rng(seed)
+    pred, target = rng.normal(size=shape) * 2, rng.normal(size=shape)
+    loss, cache = F.smooth_l1_forward(pred, target, beta)
+    p = torch.tensor(pred, requires_grad=True)
+    ref = torch.nn.functional.smooth_l1_loss(p, torch.tensor(target), reduction="sum", beta=beta)
+    ref.backward()
+    assert loss == pytest.approx(ref.item(), rel=1e-12)
+    np.testing.assert_allclose(F.smooth_l1_backward(cache), p.grad.numpy(), rtol=1e-12, atol=1e-15)

@@ -24,15 +24,18 @@
 # Karpathy's llm.c walks through layernorm, and then looks at why MobileViTv2 chose GroupNorm(1).
 
 # %%
+import matplotlib.colors
 import numpy as np
 
 import npvit
 from npvit import functional as F
-from npvit.gradcheck import relative_error
-from tutorial_setup import FAST, optional_torch, plt, save_figure, skip_without_torch
+from npvit.gradcheck import numeric_gradient
+from tutorial_setup import (FAST, Exercises, median_ms, optional_torch, plt, relative_error,
+                            show, skip_without_torch)
 
 rng = np.random.default_rng(0)
 eps = 1e-5
+exercises = Exercises("02")          # solutions: tutorials/solutions/02_normalization.py
 
 # %% [markdown]
 # ## Which elements share statistics
@@ -46,10 +49,15 @@ eps = 1e-5
 # | GroupNorm, G groups | sample and group | (C/G, H, W) | C H W / G |
 #
 # In the picture each colour is one set of elements normalised together (H and W are drawn as
-# one axis): BatchNorm cuts across the batch, GroupNorm(1) takes a whole sample.
+# one axis): BatchNorm cuts across the batch, GroupNorm(1) takes a whole sample. Set i gets
+# hue 0.618 i (mod 1), the golden-ratio step, so consecutive sets never get similar colours
+# (the cell checks it for every pair of neighbouring cells within a sample).
 
 # %%
 n_demo, c_demo, hw_demo = 4, 6, 5
+set_index = np.arange(20)
+palette = matplotlib.colors.hsv_to_rgb(np.stack(
+    [(0.618 * set_index) % 1, np.full(20, 0.6), np.where(set_index % 2, 0.95, 0.75)], axis=1))
 labels = {
     "BatchNorm": lambda n, c, s: c,
     "LayerNorm over channels\n(v1: per token)": lambda n, c, s: n * hw_demo + s,
@@ -61,12 +69,20 @@ for ax, (title, group_of) in zip(axes, labels.items()):
     ids = np.array([[[group_of(n, c, s) for s in range(hw_demo)] for c in range(c_demo)]
                     for n in range(n_demo)])                         # (N, C, HW)
     grid = ids.transpose(1, 0, 2).reshape(c_demo, n_demo * hw_demo)  # rows: C, columns: (N, HW)
-    ax.imshow(grid % 20, cmap="tab20", aspect="auto", interpolation="nearest")
+    rgb = palette[grid % 20]
+    # neighbouring cells of different sets within a sample (the black lines part samples)
+    # must not look alike
+    same_sample = (np.arange(1, n_demo * hw_demo) % hw_demo != 0)[None, :]
+    for a, b_, differ in ((rgb[:, 1:], rgb[:, :-1], (grid[:, 1:] != grid[:, :-1]) & same_sample),
+                          (rgb[1:], rgb[:-1], grid[1:] != grid[:-1])):
+        distance = np.linalg.norm(a - b_, axis=-1)[differ]
+        assert distance.size == 0 or distance.min() > 0.5, title
+    ax.imshow(rgb, aspect="auto", interpolation="nearest")
     for n in range(1, n_demo):
         ax.axvline(n * hw_demo - 0.5, color="k", lw=1.5)
     ax.set(title=title, xlabel="sample n (blocks) x position H*W", ylabel="channel c",
            xticks=[], yticks=[])
-save_figure(fig, "02_norm_axes.png")
+show(fig, "02_norm_axes")
 
 # %% [markdown]
 # ## The forward, one line at a time
@@ -205,15 +221,89 @@ check("GroupNorm, 3 groups",
       F.groupnorm_backward, {"x": x4.copy(), **c6})
 
 # %% [markdown]
-# ## Why MobileViTv2 normalises with GroupNorm(1)
+# ### Exercise 1: BatchNorm's training backward from scratch
 #
-# MobileViTv2 keeps its transformer input in the convolution layout (B, d, P, N) so that every
-# projection is a 1x1 convolution (no transposes). A LayerNorm over d would have to normalise
-# every (p, n) position separately along the channel axis; ml-cvnets instead uses what it
-# calls `LayerNorm2D`, which is `nn.GroupNorm(num_groups=1)`: **one** mean and variance per
+# Write `batchnorm_train_backward(dy, x, gamma)` for x (N, C, H, W) in training mode: recompute
+# `x_hat` and `rstd` from `x` (biased variance, `eps = 1e-5`) and apply the one-line formula
+# with every `mean` taken over the axes BatchNorm shares, (N, H, W). Return `(dx, dgamma, dbeta)`.
+# The checker compares with npvit's `batchnorm2d_backward` and with finite differences.
+
+
+# %%
+def batchnorm_train_backward(dy, x, gamma):
+    """dy, x: (N, C, H, W); gamma: (C,) -> dx (N, C, H, W), dgamma (C,), dbeta (C,)."""
+    raise NotImplementedError
+
+
+# %%
+def check_batchnorm_backward(candidate):
+    xs = rng.standard_normal((4, 3, 5, 5)) * 2 + 1
+    gs, bs = rng.standard_normal(3) + 1, rng.standard_normal(3)
+    y, cache = F.batchnorm2d_forward(xs, gs, bs, np.zeros(3), np.ones(3), True)
+    up = rng.standard_normal(y.shape)
+    got = candidate(up, xs.copy(), gs.copy())
+    for name, mine, ref in zip(("dx", "dgamma", "dbeta"), got, F.batchnorm2d_backward(up, cache)):
+        assert np.shape(mine) == ref.shape, f"{name} has shape {np.shape(mine)}, not {ref.shape}"
+        err = relative_error(mine, ref)
+        assert err < 1e-9, f"{name} differs from npvit's batchnorm2d_backward: relative error {err:.1e}"
+
+    def forward():
+        return F.batchnorm2d_forward(xs, gs, bs, np.zeros(3), np.ones(3), True)[0]
+    num, idx = numeric_gradient(forward, xs, up, max_coords=30)
+    err = relative_error(got[0].reshape(-1)[idx], num)
+    assert err < 1e-5, f"dx differs from finite differences: relative error {err:.1e}"
+
+
+exercises.check(batchnorm_train_backward, check_batchnorm_backward)
+
+# %% [markdown]
+# ### Exercise 2: GroupNorm with G groups
+#
+# Write `groupnorm_backward(dy, x, groups, gamma)` for x (N, C, P, N'): the same formula, with
+# the means taken per sample over each group of C/G channels and all positions. A reshape to
+# (N, G, C/G * P * N') makes every group one row. Return `(dx, dgamma, dbeta)`.
+
+
+# %%
+def groupnorm_backward(dy, x, groups, gamma):
+    """dy, x: (N, C, P, N'); gamma: (C,) -> dx, dgamma (C,), dbeta (C,)."""
+    raise NotImplementedError
+
+
+# %%
+def check_groupnorm_backward(candidate):
+    for groups in (1, 2, 4):
+        xs = rng.standard_normal((2, 4, 3, 5)) * 3 - 1
+        gs, bs = rng.standard_normal(4) + 1, rng.standard_normal(4)
+        y, cache = F.groupnorm_forward(xs, groups, gs, bs)
+        up = rng.standard_normal(y.shape)
+        got = candidate(up, xs.copy(), groups, gs.copy())
+        for name, mine, ref in zip(("dx", "dgamma", "dbeta"), got, F.groupnorm_backward(up, cache)):
+            assert np.shape(mine) == ref.shape, f"{name} has shape {np.shape(mine)}, not {ref.shape}"
+            err = relative_error(mine, ref)
+            assert err < 1e-9, f"{name} differs from npvit with {groups} groups: {err:.1e}"
+        num, idx = numeric_gradient(lambda: F.groupnorm_forward(xs, groups, gs, bs)[0], xs, up,
+                                    max_coords=30)
+        err = relative_error(got[0].reshape(-1)[idx], num)
+        assert err < 1e-5, f"dx differs from finite differences with {groups} groups: {err:.1e}"
+
+
+exercises.check(groupnorm_backward, check_groupnorm_backward)
+
+# %% [markdown]
+# ## Why MobileViTv2 normalises with GroupNorm(1) — an interpretation
+#
+# The fact: MobileViTv2 keeps its transformer input in the convolution layout (B, d, P, N), so
+# that every projection is a 1x1 convolution, and normalises it with what ml-cvnets calls
+# `LayerNorm2D` — `nn.GroupNorm(num_groups=1)`, documented there as "Layer Normalization over
+# a 4D input" (`cvnets/layers/normalization/layer_norm.py`): **one** mean and variance per
 # sample over all of d, P and N, then a per-channel gamma and beta.
 #
-# Two properties follow, both checked below:
+# The *why* is this tutorial's reading, not a statement of the MobileViTv2 paper, which does not
+# discuss the choice: in that layout, GroupNorm(1) is the layer normalisation PyTorch offers
+# without a transpose (a per-token LayerNorm over d would need the channels moved last, as v1
+# does), and, like any layer normalisation, it keeps samples independent. Two properties of
+# the choice, both checked below:
 #
 # 1. GroupNorm(1) on (B, d, P, N) is a LayerNorm over the flattened d*P*N numbers of each
 #    sample (with gamma and beta broadcast per channel) — it is *not* the per-token LayerNorm
@@ -255,6 +345,7 @@ assert not np.allclose(bn_alone, bn_batch[:1])
 # `gamma (W x - mu) / sqrt(var + eps) + beta`, i.e. another convolution with weight
 # `W * gamma / sqrt(var + eps)` (per output channel) and bias `beta - gamma mu / sqrt(var + eps)`.
 # Inference engines fold it away; training must not (the statistics come from the batch).
+# First by hand, then with npvit's `F.fold_batchnorm`, which does the same:
 
 # %%
 xc_in = rng.standard_normal((2, 4, 6, 6))
@@ -267,7 +358,93 @@ scale = bn_g / np.sqrt(run_var + eps)
 y_folded, _ = F.conv2d_forward(xc_in, wc * scale.reshape(-1, 1, 1, 1), bn_b - run_mean * scale,
                                padding=1)
 assert np.allclose(y_two_ops, y_folded)
-print("conv -> BatchNorm(eval) == one folded conv:", np.allclose(y_two_ops, y_folded))
+w_npvit, b_npvit = F.fold_batchnorm(wc, None, bn_g, bn_b, run_mean, run_var, eps)
+assert np.allclose(w_npvit, wc * scale.reshape(-1, 1, 1, 1)) and np.allclose(b_npvit, bn_b - run_mean * scale)
+print("conv -> BatchNorm(eval) == one folded conv == F.fold_batchnorm's conv:",
+      np.allclose(y_two_ops, y_folded))
+
+# %% [markdown]
+# ### Exercise 3: fold a BatchNorm into a convolution that has a bias
+#
+# The convolutions before npvit's BatchNorms have no bias, but a general folding must handle
+# one. Write `fold_batchnorm(w, b, gamma, beta, running_mean, running_var, eps)` returning
+# `(w', b')` with `conv(x, w', b') == batchnorm_eval(conv(x, w, b))`. The checker compares
+# with the two layers run one after the other and with npvit's `F.fold_batchnorm`.
+
+
+# %%
+def fold_batchnorm(w, b, gamma, beta, running_mean, running_var, eps):
+    """w: (C_out, C_in, kh, kw), b and the BatchNorm arrays: (C_out,) -> w', b'."""
+    raise NotImplementedError
+
+
+# %%
+def check_fold_batchnorm(candidate):
+    xs, ws, bs = rng.standard_normal((2, 3, 5, 5)), rng.standard_normal((4, 3, 3, 3)), rng.standard_normal(4)
+    g_, be = rng.random(4) + 0.5, rng.standard_normal(4)
+    mean, var = rng.standard_normal(4), rng.random(4) + 0.5
+    w_f, b_f = candidate(ws.copy(), bs.copy(), g_, be, mean, var, eps)
+    two_layers, _ = F.batchnorm2d_forward(F.conv2d_forward(xs, ws, bs, padding=1)[0], g_, be,
+                                          mean, var, training=False)
+    one_layer, _ = F.conv2d_forward(xs, w_f, b_f, padding=1)
+    err = relative_error(one_layer, two_layers)
+    assert err < 1e-9, f"the folded conv differs from conv -> BatchNorm: relative error {err:.1e}"
+    for name, mine, ref in zip(("w'", "b'"), (w_f, b_f), F.fold_batchnorm(ws, bs, g_, be, mean, var, eps)):
+        assert relative_error(mine, ref) < 1e-12, f"{name} differs from npvit's F.fold_batchnorm"
+
+
+exercises.check(fold_batchnorm, check_fold_batchnorm)
+
+# %% [markdown]
+# ## Where npvit folds, and what it saves
+#
+# npvit's `ConvNormAct` (conv, BatchNorm, SiLU: most layers of both networks) runs the two
+# layers in training and whenever gradients are wanted, and the folded convolution in eval
+# mode under `npvit.nn.no_grad()` — the inference path (`npvit predict`, `npvit eval`). Inside
+# `no_grad` no layer keeps a cache for backward either. Both paths give the same output; the
+# cell measures both, for one layer and for the whole `mobilevitv2_050`, in this run: the time
+# (median, one BLAS thread) and the peak memory NumPy allocated during the forward pass
+# (`tracemalloc`, which sees NumPy's arrays).
+
+# %%
+import tracemalloc  # noqa: E402
+
+
+def peak_mib(fn):
+    tracemalloc.start()
+    fn()
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    return peak / 2 ** 20
+
+
+layer = npvit.nn.ConvNormAct(64, 64, kernel_size=3)
+layer.bn.running_mean = rng.standard_normal(64).astype(np.float32) * 0.1   # not an identity
+layer.bn.running_var = (rng.random(64) + 0.5).astype(np.float32)
+layer.eval()
+side = 32 if FAST else 64
+xl = rng.random((1, 64, side, side)).astype(np.float32)
+model = npvit.create_model("mobilevitv2_050").eval()
+xm = rng.random((1, 3, 128 if FAST else 256, 128 if FAST else 256)).astype(np.float32)
+
+
+def inference(module, inp):
+    with npvit.nn.no_grad():
+        return module(inp)
+
+
+rows = []
+for name, module, inp in ((f"ConvNormAct 64->64 3x3 on {side}x{side}", layer, xl),
+                          (f"mobilevitv2_050 at {xm.shape[-1]}x{xm.shape[-1]}", model, xm)):
+    assert np.allclose(module(inp), inference(module, inp), rtol=1e-4, atol=1e-4)
+    two = median_ms(lambda: module(inp), repeats=3)
+    folded = median_ms(lambda: inference(module, inp), repeats=3)
+    mem_two, mem_folded = peak_mib(lambda: module(inp)), peak_mib(lambda: inference(module, inp))
+    rows.append((name, two, folded, mem_two, mem_folded))
+    print(f"{name:34s} conv + BN: {two:7.2f} ms, {mem_two:6.1f} MiB peak | folded, no_grad: "
+          f"{folded:7.2f} ms, {mem_folded:6.1f} MiB  -> {two / folded:.2f}x faster, "
+          f"{mem_two / mem_folded:.1f}x less memory")
+assert rows[-1][4] < rows[-1][3]          # no caches kept: the whole model needs less memory
 
 # %% [markdown]
 # ## The same numbers as PyTorch
@@ -308,4 +485,5 @@ else:
 # **Summary.** One standardisation, three choices of axes. Its backward is
 # `rstd * (dx_hat - mean(dx_hat) - x_hat * mean(dx_hat * x_hat))` over the same axes.
 # MobileViTv2's GroupNorm(1) normalises each sample over all of (d, P, N), never across the
-# batch. Next: how a feature map becomes the sequences the transformer reads.
+# batch. At inference BatchNorm folds into the convolution before it (`F.fold_batchnorm`,
+# taken by npvit under `no_grad`). Next: how a feature map becomes the sequences the transformer reads.

@@ -22,18 +22,27 @@
 # the last section uses them.
 
 # %%
+import contextlib
 import re
 
 import numpy as np
+from PIL import Image
 
 import npvit
+from npvit import functional as F
 from npvit import weights
 from npvit.data import (example_image_path, get_pipeline, imagenet_classes, load_image,
                         preprocess, PIPELINES)
-from tutorial_setup import OUT, optional_torch, plt, save_figure, skip_without_torch
+from npvit.gradcheck import numeric_gradient
+from npvit.gradcheck import relative_error as scaled_error
+from npvit.nn.blocks import InvertedResidual
+from npvit.opcount import count_ops
+from tutorial_setup import (FAST, OUT, Exercises, cpu_name, median_ms, optional_torch, plt,
+                            relative_error, show, skip_without_torch)
 
 NAME = "mobilevitv2_050"
 rng = np.random.default_rng(0)
+exercises = Exercises("07")          # solutions: tutorials/solutions/07_weights_and_prediction.py
 workdir = OUT / "07_checkpoints"
 workdir.mkdir(parents=True, exist_ok=True)
 
@@ -172,7 +181,7 @@ print("example photo:", example_image_path().name, photo.size, photo.mode)
 # %%
 w, h = photo.size
 new_w, new_h = (288, int(288 * h / w)) if w <= h else (int(288 * w / h), 288)
-pixels = np.asarray(photo.resize((new_w, new_h), resample=2))                # 2 = PIL BILINEAR
+pixels = np.asarray(photo.resize((new_w, new_h), resample=Image.Resampling.BILINEAR))
 top, left = (new_h - 256) // 2, (new_w - 256) // 2
 by_hand = pixels[top:top + 256, left:left + 256].transpose(2, 0, 1)[::-1] / np.float32(255)
 assert np.array_equal(by_hand.astype(np.float32), preprocess(photo, "hf"))
@@ -201,7 +210,7 @@ axes[4].set_title("|cvnets-v2 - hf|\nbicubic vs bilinear", fontsize=9)
 fig.colorbar(im, ax=axes[4], shrink=0.8)
 for ax in axes:
     ax.set(xticks=[], yticks=[])
-save_figure(fig, "07_preprocessing.png")
+show(fig, "07_preprocessing")
 
 # %% [markdown]
 # ## Top-5 on the photo
@@ -242,18 +251,350 @@ for i in top5:
 assert np.isclose(probs.sum(), 1.0) and np.all(np.diff(probs[top5]) <= 0)
 assert len(classes) == 1000 and classes[652].name == "military uniform"
 
-fig, (ax_photo, ax_bar) = plt.subplots(1, 2, figsize=(10, 3.8), gridspec_kw={"width_ratios": [1, 1.4]})
+# constrained layout reserves room for the class names, so they never run into the photo
+fig, (ax_photo, ax_bar) = plt.subplots(1, 2, figsize=(10, 3.8), layout="constrained",
+                                       gridspec_kw={"width_ratios": [1, 1.4]})
 ax_photo.imshow(as_rgb(inputs[pipeline], pipeline))
 ax_photo.set(title=f"input ({pipeline})", xticks=[], yticks=[])
 ax_bar.barh(range(5)[::-1], probs[top5], color="tab:blue")
-ax_bar.set_yticks(range(5)[::-1], [f"{i}: {classes[i].name}" for i in top5])
+ax_bar.set_yticks(range(5)[::-1], [f"{i}: {classes[i].name[:28]}" for i in top5])
 ax_bar.set(xlabel="probability",
            title=f"{NAME} top-5 ({'official' if have_official else 'RANDOM'} weights)")
-save_figure(fig, "07_top5.png")
+fig.canvas.draw()
+photo_box, label_boxes = ax_photo.get_window_extent(), [t.get_window_extent() for t in ax_bar.get_yticklabels()]
+assert all(box.x0 >= photo_box.x1 for box in label_boxes)          # no label overlaps the photo
+show(fig, "07_top5")
+
+# %% [markdown]
+# ## Which pixels the prediction depends on: one backward through the whole model
+#
+# The loss of a prediction with label `c` is the cross-entropy `L = -log p_c` with
+# `p = softmax(z)`. Since `log p_c = z_c - log sum_j exp(z_j)`,
+#
+# $$ \frac{\partial L}{\partial z_j} = \frac{\exp(z_j)}{\sum_k \exp(z_k)} - [j = c] = p_j - [j = c], $$
+#
+# the probabilities minus the one-hot label. Feeding that into `model.backward` gives
+# `dL/dx`, the gradient with respect to every input pixel: the pixels whose change would
+# change the loss most (a "saliency map"; with random weights it shows the network's
+# geometry, not a meaningful explanation). The cell checks the one-line gradient against
+# finite differences and npvit's `cross_entropy_backward`, and the input gradient against
+# finite differences of the whole float64 model on a few pixels.
+
+# %%
+def ce_grad_by_hand(z, c):
+    p = np.exp(z - z.max())
+    p /= p.sum()
+    grad = p.copy()
+    grad[c] -= 1.0
+    return grad
+
+
+z64 = logits[None].astype(np.float64)
+label = int(top5[0])
+mine = ce_grad_by_hand(z64[0], label)
+num, idx = numeric_gradient(lambda: np.array(F.cross_entropy_forward(z64, np.array([label]))[0]),
+                            z64, np.ones(()), max_coords=20)
+assert relative_error(mine[idx], num) < 1e-5
+assert relative_error(mine, F.cross_entropy_backward(F.cross_entropy_forward(z64, np.array([label]))[1])[0]) < 1e-12
+
+side = 96 if FAST else 256
+x_sal = preprocess(photo, pipeline, crop_size=side)[None]
+model.eval()
+z = model(x_sal)                                   # eval mode with gradients: caches kept
+saliency = np.abs(model.backward(ce_grad_by_hand(z[0].astype(np.float64), label)[None].astype(np.float32)))
+
+model64 = npvit.create_model(NAME, dtype=np.float64)
+model64.load_state_dict(model.state_dict())
+model64.eval()
+x64 = preprocess(photo, pipeline, crop_size=64)[None].astype(np.float64)
+z_small = model64(x64)
+upstream = ce_grad_by_hand(z_small[0], label)[None]
+upstream /= np.abs(upstream).max()               # a fixed direction, scaled to 1 (see below)
+dx64 = model64.backward(upstream)
+
+# The check differentiates sum(z * upstream), whose gradient is model.backward(upstream): the
+# input gradient of the loss, up to the scale. A randomly initialised network barely reacts to
+# one pixel (|dx| ~ 1e-6), so the usual step h = 1e-6 would measure mostly rounding error; the
+# step is 1e-3 of the [0, 1] pixel range instead, and the separable attention's ReLU(V) has
+# kinks that such a step can cross, so the check allows 1e-4 (a wrong backward is off by
+# O(1)). The error is scaled by the largest entry (npvit.check_gradients' measure): cs231n's
+# elementwise one is dominated by the near-zero pixels here.
+num, idx = numeric_gradient(lambda: model64(x64), x64, upstream, h=1e-3, max_coords=4 if FAST else 12)
+err = scaled_error(dx64.reshape(-1)[idx], num)
+print(f"dL/dz by hand vs finite differences and npvit: ok; dL/dx through {NAME} (float64, 64x64) "
+      f"vs finite differences on {idx.size} pixels: relative error {err:.1e} (scaled by the largest)")
+assert err < 1e-4
+
+fig, axes = plt.subplots(1, 2, figsize=(7.5, 3.6), layout="constrained")
+axes[0].imshow(as_rgb(x_sal[0], pipeline))
+axes[0].set_title(f"input {side}x{side}")
+im = axes[1].imshow(saliency[0].max(axis=0), cmap="magma")
+axes[1].set_title(f"|dL/dx| for class {label} ({'official' if have_official else 'RANDOM'} weights)",
+                  fontsize=9)
+fig.colorbar(im, ax=axes[1], shrink=0.8)
+for ax in axes:
+    ax.set(xticks=[], yticks=[])
+show(fig, "07_saliency")
+
+# %% [markdown]
+# ### Exercise 1: the cross-entropy gradient with label smoothing
+#
+# npvit trains with label smoothing: the target is `q = (1 - eps) onehot(c) + eps / C` instead
+# of the one-hot vector, and `L = -sum_j q_j log p_j`. Write `cross_entropy_grad(z, c, eps)`
+# returning `dL/dz` for one sample's logits z (C,) (the derivation above, with `q`).
+
+
+# %%
+def cross_entropy_grad(z, c, eps):
+    """z: (C,) logits, c: the label, eps: label smoothing -> dL/dz (C,)."""
+    raise NotImplementedError
+
+
+# %%
+def check_cross_entropy_grad(candidate):
+    for eps in (0.0, 0.1):
+        zs = rng.standard_normal((1, 10)) * 3
+        loss, cache = F.cross_entropy_forward(zs, np.array([4]), label_smoothing=eps)
+        mine = np.asarray(candidate(zs[0].copy(), 4, eps))
+        ref = F.cross_entropy_backward(cache)[0]
+        assert mine.shape == ref.shape, f"gradient has shape {mine.shape}, not {ref.shape}"
+        err = relative_error(mine, ref)
+        assert err < 1e-9, f"differs from npvit's cross_entropy_backward at eps={eps}: {err:.1e}"
+        num, _ = numeric_gradient(
+            lambda: np.array(F.cross_entropy_forward(zs, np.array([4]), label_smoothing=eps)[0]),
+            zs, np.ones(()))
+        err = relative_error(mine, num)
+        assert err < 1e-5, f"differs from finite differences at eps={eps}: {err:.1e}"
+
+
+exercises.check(cross_entropy_grad, check_cross_entropy_grad)
+
+# %% [markdown]
+# ## Parameters and multiply-adds per stage, v1 against v2
+#
+# Both networks have a stem (a stride-2 3x3 conv), five stages (inverted residuals; stages 3-5
+# end with a MobileViT block) and a head (v1: a 1x1 conv, then pooling and the classifier; v2:
+# pooling and the classifier). Parameters are read off the modules; multiply-adds are counted
+# while a forward pass runs: every convolution and linear layer adds (output elements) x
+# (input channels per group) x (kernel area), and the attention code reports its own products
+# (`npvit.opcount`). Norms, activations and the softmax are not multiply-adds and are left out.
+
+# %%
+@contextlib.contextmanager
+def counting_macs():
+    """Count the multiply-adds of every Conv2d, Linear and attention product run inside."""
+    counter = {"macs": 0}
+    conv_forward, linear_forward = npvit.nn.Conv2d.forward, npvit.nn.Linear.forward
+
+    def conv(self, x):
+        y = conv_forward(self, x)
+        counter["macs"] += y.size * int(np.prod(self.weight.shape[1:]))   # C_in/g * kh * kw
+        return y
+
+    def linear(self, x):
+        y = linear_forward(self, x)
+        counter["macs"] += y.size * self.weight.shape[1]
+        return y
+
+    npvit.nn.Conv2d.forward, npvit.nn.Linear.forward = conv, linear
+    try:
+        with count_ops() as attention:
+            yield counter
+    finally:
+        npvit.nn.Conv2d.forward, npvit.nn.Linear.forward = conv_forward, linear_forward
+    counter["macs"] += attention.macs
+
+
+def model_parts(model):
+    """[(part, modules run in order)]: stem, stage 1..5, head (v1's final conv and the classifier)."""
+    return ([("stem", [model.stem])] + [(f"stage {i + 1}", [st]) for i, st in enumerate(model.stages)]
+            + [("head", [model.final_conv, model.head])])
+
+
+def stage_params(model):
+    """[(part, parameters)]; they add up to the model's count."""
+    rows = [(part, sum(m.num_parameters() for m in mods)) for part, mods in model_parts(model)]
+    assert sum(r[1] for r in rows) == model.num_parameters()
+    return rows
+
+
+def stage_costs(model, size):
+    """[(part, parameters, multiply-adds)] for one size x size image."""
+    model.eval()                            # with gradients on: the unfolded conv + BN path runs
+    x = np.zeros((1, 3, size, size), np.float32)
+    rows = []
+    for (part, mods), (_, params) in zip(model_parts(model), stage_params(model)):
+        with counting_macs() as counter:
+            for m in mods:
+                x = m(x)
+        rows.append((part, params, counter["macs"]))
+    return rows
+
+
+# the counter agrees with the GEMM shapes of a convolution (tutorial 1)
+probe = npvit.nn.Conv2d(8, 16, 3, stride=2, padding=1)
+with counting_macs() as counter:
+    out = probe(np.zeros((1, 8, 10, 10), np.float32))
+assert counter["macs"] == 16 * (8 * 3 * 3) * out.shape[2] * out.shape[3]   # (C_out, K) @ (K, L)
+
+SIZE = 128 if FAST else 256
+PAIRS = [("mobilevit_xs", "mobilevitv2_075")] if FAST else [
+    ("mobilevit_xxs", "mobilevitv2_050"), ("mobilevit_xs", "mobilevitv2_075"),
+    ("mobilevit_s", "mobilevitv2_100")]
+models = {name: npvit.create_model(name) for pair in PAIRS for name in pair}
+costs = {name: stage_costs(m, SIZE) for name, m in models.items()}
+parts = [r[0] for r in next(iter(costs.values()))]
+print(f"{'':10s}" + "".join(f"{name:>22s}" for name in costs))
+for i, part in enumerate(parts):
+    print(f"{part:10s}" + "".join(f"{c[i][1] / 1e6:8.3f} M {c[i][2] / 1e6:8.1f} MMAC" for c in costs.values()))
+print(f"{'total':10s}" + "".join(f"{sum(r[1] for r in c) / 1e6:8.3f} M {sum(r[2] for r in c) / 1e6:8.1f} MMAC"
+                               for c in costs.values()) + f"   (one {SIZE}x{SIZE} image)")
+
+# Below the head (which works on the pooled vector), v2's cost grows with the area: every
+# operation, the separable attention included, is per pixel. v1's attention grows with the
+# square of the number of patches, so its body grows faster.
+for name in PAIRS[0]:
+    small = sum(r[2] for r in stage_costs(models[name], SIZE // 2)[:-1])
+    large = sum(r[2] for r in costs[name][:-1])
+    print(f"{name}: multiply-adds of stem + stages at {SIZE}x{SIZE} / at {SIZE // 2}x{SIZE // 2} "
+          f"= {large / small:.3f}")
+    assert (large == 4 * small) if name.startswith("mobilevitv2") else (large > 4 * small)
+
+# %% [markdown]
+# ## How the width multiplier scales each stage
+#
+# MobileViTv2 has one knob, the width multiplier alpha (0.5 ... 2.0 in the names): every
+# channel count, including the transformer width d, is alpha times the 1.0 model's (rounded
+# to a multiple of 8). A layer between two widened layers has alpha^2 times the weights and
+# multiply-adds; the stem (3 input channels) and the classifier (1000 outputs) widen on one
+# side only, so they grow like alpha. The figure measures the parameters of each part against
+# alpha = 0.5.
+
+# %%
+ALPHAS = [0.5, 1.0, 2.0] if FAST else [0.5, 0.75, 1.0, 1.25, 1.5, 1.75, 2.0]
+width_params = {a: stage_params(npvit.create_model(f"mobilevitv2_{round(a * 100):03d}")) for a in ALPHAS}
+base = width_params[0.5]
+growth = {part: [width_params[a][i][1] / base[i][1] for a in ALPHAS] for i, part in enumerate(parts)}
+for part in ("stage 2", "stage 3", "stage 4", "stage 5"):
+    print(f"{part}: parameters x{growth[part][-1]:.2f} at alpha = {ALPHAS[-1]} (alpha^2 ratio {(ALPHAS[-1] / 0.5) ** 2:.0f})")
+    assert abs(growth[part][-1] / (ALPHAS[-1] / 0.5) ** 2 - 1) < 0.1
+for part in ("stem", "head"):
+    print(f"{part}: parameters x{growth[part][-1]:.2f} at alpha = {ALPHAS[-1]} (alpha ratio {ALPHAS[-1] / 0.5:.0f})")
+    assert abs(growth[part][-1] / (ALPHAS[-1] / 0.5) - 1) < 0.1
+
+# %% [markdown]
+# ## Latency, v1 against v2, in this run
+#
+# The MobileViTv2 paper's abstract reports its 3M-parameter model (75.6% top-1, here
+# `mobilevitv2_075`) "running 3.2x faster on a mobile device" than MobileViT; its comparison
+# model with similar accuracy is MobileViT-XS (74.8%). That is a claim about a phone's
+# inference engine. Here is what npvit measures for the pairs on this CPU: inference (eval,
+# `no_grad`, BatchNorm folded), float32, batch 1, one BLAS thread, the median of a few runs
+# after a warm-up.
+
+# %%
+latency = {}
+x_lat = rng.random((1, 3, SIZE, SIZE)).astype(np.float32)
+for name, m in models.items():
+    m.eval()
+
+    def run(m=m):
+        with npvit.nn.no_grad():
+            m(x_lat)
+    latency[name] = median_ms(run, repeats=3 if FAST else 5)
+for v1_name, v2_name in PAIRS:
+    print(f"{v1_name:14s} {latency[v1_name]:7.1f} ms   {v2_name:16s} {latency[v2_name]:7.1f} ms   "
+          f"v1 / v2 = {latency[v1_name] / latency[v2_name]:.2f}")
+print(f"({SIZE}x{SIZE}, float32, batch 1, one thread, {cpu_name()})")
+
+# %%
+fig, axes = plt.subplots(1, 4, figsize=(18, 4), layout="constrained")
+width = 0.8 / len(costs)
+for k, (name, rows) in enumerate(costs.items()):
+    xs = np.arange(len(parts)) + (k - (len(costs) - 1) / 2) * width
+    hatch = "" if name.startswith("mobilevitv2") else "//"
+    axes[0].bar(xs, [r[1] / 1e6 for r in rows], width, label=name, hatch=hatch)
+    axes[1].bar(xs, [r[2] / 1e6 for r in rows], width, label=name, hatch=hatch)
+for ax, what in zip(axes[:2], ("parameters (M)", f"multiply-adds (M), {SIZE}x{SIZE}")):
+    ax.set_xticks(range(len(parts)), parts, rotation=30)
+    ax.set(ylabel=what, title=f"{what.split(' (')[0]} per part")
+axes[0].legend(fontsize=7)
+for part, style in zip(parts, ("s-", "o-", "o-", "o-", "o-", "o-", "^--")):
+    axes[2].plot(ALPHAS, growth[part], style, label=part, markersize=5)
+a = np.array(ALPHAS)
+axes[2].plot(a, (a / 0.5) ** 2, "k--", label="(alpha / 0.5)^2")
+axes[2].plot(a, a / 0.5, "k:", label="alpha / 0.5")
+axes[2].set(xscale="log", yscale="log", xlabel="width multiplier alpha",
+            ylabel="parameters / parameters at alpha = 0.5", title="MobileViTv2: growth with width")
+axes[2].set_xticks(ALPHAS, [f"{v:g}" for v in ALPHAS])
+axes[2].set_yticks([1, 2, 4, 8, 16], ["1", "2", "4", "8", "16"])
+axes[2].minorticks_off()
+axes[2].legend(fontsize=7)
+names = [n for pair in PAIRS for n in pair]
+axes[3].bar(range(len(names)), [latency[n] for n in names],
+            color=["tab:gray" if not n.startswith("mobilevitv2") else "tab:blue" for n in names])
+axes[3].set_xticks(range(len(names)), names, rotation=30)
+axes[3].set(ylabel="ms (median, 1 thread)", title=f"latency here, {SIZE}x{SIZE}")
+fig.suptitle(f"measured in this run on {cpu_name()}", fontsize=9)
+show(fig, "07_stage_costs")
+
+# %% [markdown]
+# ### Exercise 2: parameters of an inverted residual, by hand
+#
+# Write `inverted_residual_params(c_in, c_out, expand)`: the trainable parameters of an
+# inverted residual block (1x1 conv C_in -> C_in * expand, BN; depthwise 3x3, BN; 1x1 conv ->
+# C_out, BN; no conv biases; a BatchNorm has a weight and a bias per channel). The checker
+# compares with npvit's `InvertedResidual`.
+
+
+# %%
+def inverted_residual_params(c_in, c_out, expand):
+    raise NotImplementedError
+
+
+# %%
+def check_inverted_residual_params(candidate):
+    for c_in, c_out, expand in ((16, 32, 2), (64, 64, 4), (96, 128, 2)):
+        ref = InvertedResidual(c_in, c_out, expand_ratio=expand).num_parameters()
+        mine = candidate(c_in, c_out, expand)
+        assert mine == ref, f"InvertedResidual({c_in}, {c_out}, expand {expand}) has {ref} parameters, not {mine}"
+
+
+exercises.check(inverted_residual_params, check_inverted_residual_params)
+
+# %% [markdown]
+# ### Exercise 3: one transformer layer, v1 against v2
+#
+# Write `transformer_layer_params(d, separable)`: the parameters of one transformer layer of
+# width d with an FFN of 2d — v1 (`separable=False`): LayerNorm, MHA (qkv d -> 3d, proj d -> d,
+# with biases), LayerNorm, MLP d -> 2d -> d with biases; v2 (`separable=True`): GroupNorm,
+# separable attention (a 1x1 conv d -> 1 + 2d and one d -> d, with biases), GroupNorm, 1x1
+# convs d -> 2d -> d with biases. Which one is smaller, and by how much per d^2?
+
+
+# %%
+def transformer_layer_params(d, separable):
+    raise NotImplementedError
+
+
+# %%
+def check_transformer_layer_params(candidate):
+    for d in (64, 96, 144):
+        v1 = npvit.nn.TransformerLayer(d, num_heads=4, mlp_ratio=2.0).num_parameters()
+        v2 = npvit.nn.LinearTransformerLayer(d, mlp_ratio=2.0).num_parameters()
+        for separable, ref in ((False, v1), (True, v2)):
+            mine = candidate(d, separable)
+            assert mine == ref, f"d={d}, separable={separable}: {ref} parameters, not {mine}"
+
+
+exercises.check(transformer_layer_params, check_transformer_layer_params)
 
 # %% [markdown]
 # **Summary.** A checkpoint is a dict of arrays under some naming scheme; npvit reads the
 # official torch zip format without torch, renames ml-cvnets (or Hugging Face) keys to timm's,
 # checks every shape, and stores `.npz`. The models were evaluated on 256x256 centre crops in
-# [0, 1] — v2 with PIL bicubic in RGB, v1 with OpenCV bilinear in BGR. Next: where the
-# separable attention looks.
+# [0, 1] — v2 with PIL bicubic in RGB, v1 with OpenCV bilinear in BGR. The loss gradient
+# `p - onehot` goes back through the whole model to the pixels. Per stage, v2 trades v1's
+# quadratic attention for per-pixel work (its multiply-adds grow with the area), its width
+# multiplier scales the inner stages by alpha^2, and what that buys in latency depends on the
+# device: the run above says what it buys here. Next: where the separable attention looks.

@@ -17,19 +17,24 @@
 # gathers its global context from — the MobileViTv2 paper's Fig. 5, one map per output
 # stride (8, 16 and 32; the three MobileViTv2 blocks).
 #
-# `npvit.viz` does it in a few lines; this tutorial first builds one map by hand.
+# `npvit.viz` does it in a few lines; this tutorial first builds one map by hand, derives the
+# backward of the map-making steps, and ends with MobileViT v1's multi-head attention maps
+# on the same photo.
 
 # %%
 import numpy as np
+from matplotlib.ticker import FuncFormatter
 
 import npvit
 from npvit import functional as F
 from npvit import viz, weights
 from npvit.data import default_pipeline, example_image_path, load_image, preprocess
-from npvit.viz.figures import display_image, score_map_figure
-from tutorial_setup import FAST, plt, save_figure
+from npvit.viz.figures import attention_figure, display_image, score_map_figure
+from npvit.gradcheck import relative_error   # max|a-b| / max(|a|, |b|), tutorial 4
+from tutorial_setup import Exercises, FAST, plt, show
 
 NAME = "mobilevitv2_050"
+exercises = Exercises("08")          # solutions: tutorials/solutions/08_context_scores.py
 
 # %% [markdown]
 # ## A model and an image
@@ -100,15 +105,20 @@ ours = next(m for m in maps if m.stride == 8)
 assert np.allclose(ours.values, on_grid) and np.allclose(ours.heatmap, by_hand)
 print(f"OS 8 map by hand == npvit.viz: scores on a {on_grid.shape} grid -> heat map {by_hand.shape}")
 
-fig, axes = plt.subplots(1, 4, figsize=(13, 3.4))
+fig, axes = plt.subplots(1, 4, figsize=(17, 3.8), layout="constrained")
 image_rgb = display_image(x, npvit.data.get_pipeline(default_pipeline(NAME)).channel_order)
-panels = [(image_rgb, "input", "equal"), (r.weights[0, 0], "1. scores (P, N)", "auto"),
-          (on_grid, "2. pixel-shuffled (2n_h, 2n_w)", "equal"),
-          (viz.colorize(by_hand), "3-4. normalised, upsampled, jet", "equal")]
-for ax, (picture, title, aspect) in zip(axes, panels):
-    ax.imshow(picture, aspect=aspect, interpolation="nearest")
+n_tokens = r.weights.shape[-1]
+axes[0].imshow(image_rgb)
+axes[0].set(title="input", xticks=[], yticks=[])
+# scores times N: 1 is a uniform share (untrained weights stay close to it)
+for ax, picture, title, aspect, cmap, label in (
+        (axes[1], r.weights[0, 0] * n_tokens, "1. scores (P, N)", "auto", "viridis", "score x N (1: uniform)"),
+        (axes[2], on_grid * n_tokens, "2. pixel-shuffled (2n_h, 2n_w)", "equal", "viridis", "score x N (1: uniform)"),
+        (axes[3], by_hand, "3-4. normalised, upsampled, jet", "equal", "jet", "min-max normalised score")):
+    im = ax.imshow(picture, aspect=aspect, interpolation="nearest", cmap=cmap)
+    fig.colorbar(im, ax=ax, label=label, shrink=0.85, format=FuncFormatter(lambda v, _: f"{v:.6g}"))
     ax.set(title=title, xticks=[], yticks=[])
-save_figure(fig, "08_score_map_steps.png")
+show(fig, "08_score_map_steps.png")
 
 # %% [markdown]
 # ## The paper's Fig. 5: one map per output stride
@@ -119,8 +129,19 @@ save_figure(fig, "08_score_map_steps.png")
 # writes the same figure from the command line (and `--layer all` every layer).
 
 # %%
-fig = score_map_figure(image_rgb, maps, f"{NAME} context scores ({kind} weights)", overlay=True)
-save_figure(fig, "08_context_scores.png")
+def add_colourbar(fig, label="min-max normalised score"):
+    """One colour bar for every jet panel of an npvit.viz figure (they share the 0..1 scale)."""
+    from matplotlib.cm import ScalarMappable
+    from matplotlib.colors import Normalize
+
+    cax = fig.add_axes([0.995, 0.1, 0.012, 0.7])
+    fig.colorbar(ScalarMappable(Normalize(0, 1), cmap="jet"), cax=cax, label=label)
+    return fig
+
+
+fig = add_colourbar(score_map_figure(image_rgb, maps, f"{NAME} context scores ({kind} weights)",
+                                     overlay=True))
+show(fig, "08_context_scores.png")
 assert [m.stride for m in maps] == [8, 16, 32]
 for m in maps:
     assert m.heatmap.shape == (crop, crop) and m.heatmap.min() == 0 and m.heatmap.max() == 1
@@ -130,13 +151,151 @@ for m in maps:
 
 # %%
 every_layer = viz.score_maps(records, (crop, crop), per_layer=True)
-fig = score_map_figure(image_rgb, every_layer, f"{NAME}: every layer ({kind} weights)")
-save_figure(fig, "08_context_scores_all_layers.png")
+fig = add_colourbar(score_map_figure(image_rgb, every_layer, f"{NAME}: every layer ({kind} weights)"))
+show(fig, "08_context_scores_all_layers.png")
 assert len(every_layer) == 9
+
+# %% [markdown]
+# ## The map's backward: which scores does a region of the map come from?
+#
+# Steps 1 and 3 are linear in the scores: the pixel shuffle is a **permutation** and the
+# nearest-neighbour upsampling **copies** each feature pixel to a `s x s` block of the image
+# (s = crop / (2 n_h)). The backward of a permutation is the inverse permutation (here the
+# block's own `unfold_v2`, tutorial 3), and the backward of a copy is a **sum** over the
+# copies: `d values[i, j] = sum of d heat over the s x s block of (i, j)`. With it we can ask,
+# for example, how much the mean of the raw (unnormalised) map over a box depends on each of
+# the P x N scores — without touching the model. Checked with finite differences:
+
+# %%
+def raw_map_forward(scores, grid, size):
+    """(1, 1, P, N) scores -> (size, size) map: pixel shuffle, nearest upsample (no normalisation)."""
+    values = F.fold_v2(scores, (2 * grid[0], 2 * grid[1]))[0, 0]             # (2 n_h, 2 n_w)
+    s = size // values.shape[0]
+    return np.repeat(np.repeat(values, s, axis=0), s, axis=1)
+
+
+def raw_map_backward(d_map, grid):
+    """(size, size) gradient -> (1, 1, P, N): sum each s x s block, then un-shuffle."""
+    n = 2 * grid[0]
+    s = d_map.shape[0] // n
+    d_values = d_map.reshape(n, s, n, s).sum(axis=(1, 3))                   # adjoint of the copy
+    return F.unfold_v2(d_values[None, None])                                # adjoint of the fold
+
+
+box = np.zeros((crop, crop))
+box[crop // 4: crop // 2, crop // 4: crop // 2] = 1 / (crop // 4) ** 2     # d(mean over the box)/d map
+scores = r.weights.astype(np.float64).copy()
+d_scores = raw_map_backward(box, r.grid)
+num, idx = npvit.gradcheck.numeric_gradient(lambda: raw_map_forward(scores, r.grid, crop), scores, box,
+                                            max_coords=40)
+print(f"map backward vs finite differences: {relative_error(d_scores.reshape(-1)[idx], num):.1e}; "
+      f"{np.count_nonzero(d_scores)} of the {scores.size} scores reach the box")
+assert relative_error(d_scores.reshape(-1)[idx], num) < 1e-8
+step_px = crop // on_grid.shape[0]                 # the map repeats each score step_px times
+assert np.array_equal(raw_map_forward(scores, r.grid, crop)[::step_px, ::step_px], on_grid)
+
+# %% [markdown]
+# ## MobileViT v1: multi-head attention maps on the photo
+#
+# MobileViT v1 has no single score per token: each of its MHA layers has, per head and per
+# pixel position, an (N x N) matrix whose row n says how patch n mixes all N patches
+# (tutorial 4). `npvit.viz.attention_maps` picks the **query patch** under a chosen pixel,
+# takes its row in every head, places the N weights on the patch grid with the same pixel
+# shuffle as above (the 4 pixel positions of a patch are 4 separate sequences, so each of them
+# contributes its own row), and also averages over heads and queries the attention each patch
+# **receives**. Here the query is a point on the face, for the last layer of each v1 block
+# (`mobilevit_xxs`: official weights when cached, random otherwise — random heads show only
+# the mechanics).
+
+# %%
+NAME_V1 = "mobilevit_xxs"
+have_official_v1 = ((weights.cache_dir() / f"{NAME_V1}.npz").is_file()
+                    or (weights.cache_dir() / weights.official(NAME_V1).file_name).is_file())
+model_v1 = npvit.create_model(NAME_V1, pretrained=have_official_v1, seed=0).eval()
+kind_v1 = "official" if have_official_v1 else "random"
+x_v1 = preprocess(photo, default_pipeline(NAME_V1), crop_size=crop)[None]
+point = (0.3 * crop, 0.5 * crop)                              # (y, x): on the face
+v1_maps = viz.attention_maps(model_v1, x_v1, point=point)
+for m in v1_maps:
+    print(f"OS {m.stride}: query patch {m.query} of a {m.heads.shape[1] // 2}x{m.heads.shape[2] // 2} grid, "
+          f"{m.heads.shape[0]} heads, maps {m.head_heatmaps.shape}")
+    # per head, each of the P = 4 pixel positions' rows is a softmax over the N patches
+    assert np.allclose(m.heads.sum(axis=(1, 2)), 4.0)
+image_v1 = display_image(x_v1, npvit.data.get_pipeline(default_pipeline(NAME_V1)).channel_order)
+fig = add_colourbar(attention_figure(image_v1, v1_maps, f"{NAME_V1} attention from the red patch "
+                                     f"({kind_v1} weights)", overlay=True),
+                    label="min-max normalised attention")
+show(fig, "08_v1_attention_maps.png")
+assert [m.stride for m in v1_maps] == [8, 16, 32]
+
+# %% [markdown]
+# ## Exercises
+#
+# Fill in a function and run the cell after it (solutions, read them last:
+# `tutorials/solutions/08_context_scores.py`).
+#
+# ### Exercise 8.1: the pixel shuffle, as loops
+#
+# Write `pixel_shuffle_loops(scores, grid)`: scores (P, N) of one layer, P = 4 pixel
+# positions p = 2a + b of a 2x2 patch, N = n_h * n_w patches in row-major order; return the
+# (2 n_h, 2 n_w) map with pixel position (a, b) of patch (i, j) at (2i + a, 2j + b). Four
+# loops, no reshapes: the checker compares with `npvit.viz.pixel_shuffle`.
+
+
+# %%
+def pixel_shuffle_loops(scores, grid):
+    """scores: (4, N), grid: (n_h, n_w) with N = n_h * n_w -> (2 n_h, 2 n_w)."""
+    raise NotImplementedError
+
+
+# %%
+def check_pixel_shuffle_loops(candidate):
+    r = np.random.default_rng(81)
+    for grid in ((3, 5), (2, 2)):
+        scores = r.random((4, grid[0] * grid[1]))
+        got = candidate(scores.copy(), grid)
+        ref = viz.pixel_shuffle(scores[None], grid)[0]
+        assert np.shape(got) == ref.shape, f"the map must be {ref.shape}, got {np.shape(got)}"
+        assert np.array_equal(got, ref), f"differs from npvit.viz.pixel_shuffle on a {grid} grid"
+
+
+exercises.check(pixel_shuffle_loops, check_pixel_shuffle_loops)
+
+# %% [markdown]
+# ### Exercise 8.2: the backward of the min-max normalisation
+#
+# Step 2 is the one non-linear step: `out = (v - min v) / (max v - min v)`. Write its backward
+# `min_max_normalise_backward(d_out, v)` for a map v with one smallest and one largest entry.
+# Each output depends on its own entry and, through min and max, on two more: besides
+# `d_out / R` (R = max - min), the position of the minimum and the position of the maximum
+# receive one extra term each, summed over all outputs. The checker compares with finite differences of
+# `npvit.viz.min_max_normalise`.
+
+
+# %%
+def min_max_normalise_backward(d_out, v):
+    """d_out, v: (h, w) -> d_v (h, w)."""
+    raise NotImplementedError
+
+
+# %%
+def check_min_max_normalise_backward(candidate):
+    r = np.random.default_rng(82)
+    v, d_out = r.random((5, 6)), r.standard_normal((5, 6))
+    got = candidate(d_out.copy(), v.copy())
+    assert np.shape(got) == v.shape, f"the gradient must be {v.shape}, got {np.shape(got)}"
+    num, _ = npvit.gradcheck.numeric_gradient(lambda: viz.min_max_normalise(v), v, d_out)
+    err = relative_error(np.reshape(got, -1), num)
+    assert err < 1e-7, f"differs from finite differences of npvit.viz.min_max_normalise ({err:.1e}); " \
+                       "did the min and the max get their terms?"
+
+
+exercises.check(min_max_normalise_backward, check_min_max_normalise_backward)
 
 # %% [markdown]
 # **Summary.** A context score map is the softmax `c_s` of one separable-attention layer,
 # folded back onto the feature map with the same permutation the block uses, normalised and
 # upsampled to the image. One forward pass gives all nine; the last layer of each block makes
-# the paper's Fig. 5. That completes the path from a convolution to a trained MobileViTv2
-# explaining itself.
+# the paper's Fig. 5. The map's own backward is a sum and an un-shuffle; v1's multi-head
+# attention gives one map per head for a chosen query patch. That completes the path from a
+# convolution to a trained MobileViT explaining itself.

@@ -20,6 +20,7 @@ import numpy as np
 from .. import functional as F
 from .. import nn
 from ..opcount import OpCounter, count_ops
+from ..outputs import save_figure
 
 UNITS = ("MHA", "Linformer", "separable")
 
@@ -98,17 +99,23 @@ def available_memory() -> int | None:
 
 
 def run_benchmark(ks, dim=512, heads=8, proj_len=256, repeats=3, mha_max_k=None,
-                  log=print, seed=0) -> Result:
-    """Time and count every unit at every k. MHA is skipped above ``mha_max_k`` and wherever
-    its k x k arrays would not fit in 80% of the available memory."""
+                  log=print, seed=0, units=UNITS, make=make_unit, kxk_bytes=None,
+                  warmup=0, statistic=min) -> Result:
+    """Time and count every unit at every k. The units with k x k arrays (``kxk_bytes(unit, k,
+    heads)`` says how many bytes they hold; by default only MHA, one (h, k, k) float32 array)
+    are skipped above ``mha_max_k`` and wherever those arrays would not fit in 80% of the
+    available memory. The first timed pass is also counted; ``warmup`` untimed passes run
+    before it, and ``statistic`` (min or a median) summarises the ``repeats`` timed passes."""
+    if kxk_bytes is None:
+        kxk_bytes = lambda unit, k, h: mha_memory_estimate(k, h) if unit == "MHA" else 0
     nn.manual_seed(seed)
     rng = np.random.default_rng(seed)
     result = Result(dim, heads, proj_len, list(ks))
     memory = available_memory()
     for k in ks:
-        for unit in UNITS:
-            if unit == "MHA":
-                need = mha_memory_estimate(k, heads)
+        for unit in units:
+            need = kxk_bytes(unit, k, heads)
+            if need:
                 if mha_max_k is not None and k > mha_max_k:
                     result.rows.append(Measurement(unit, k, None,
                                                    note=f"skipped: above --mha-max-k {mha_max_k}"))
@@ -117,18 +124,22 @@ def run_benchmark(ks, dim=512, heads=8, proj_len=256, repeats=3, mha_max_k=None,
                     result.rows.append(Measurement(unit, k, None, note=(
                         f"skipped: needs ~{need / 2**30:.1f} GiB, {memory / 2**30:.1f} GiB available")))
                     continue
-            run = make_unit(unit, k, dim, heads, proj_len, rng)
-            with count_ops() as counter:                   # the first pass is also timed
+            run = make(unit, k, dim, heads, proj_len, rng)
+            for _ in range(warmup):
+                run()
+            times = []
+            with count_ops() as counter:                   # the first timed pass is also counted
                 start = time.perf_counter()
                 run()
-                best = time.perf_counter() - start
+                times.append(time.perf_counter() - start)
             for _ in range(repeats - 1):
                 start = time.perf_counter()
                 run()
-                best = min(best, time.perf_counter() - start)
+                times.append(time.perf_counter() - start)
             del run
-            result.rows.append(Measurement(unit, k, best, counter))
-            log(f"  k={k:6d} {unit:10s} {best * 1e3:10.2f} ms")
+            seconds = float(statistic(times))
+            result.rows.append(Measurement(unit, k, seconds, counter))
+            log(f"  k={k:6d} {unit:16s} {seconds * 1e3:10.2f} ms")
     return result
 
 
@@ -180,10 +191,9 @@ def operations_report(result: Result, k: int) -> str:
     return "\n\n".join(parts)
 
 
-def plot(result: Result, path, large_k: int) -> None:
-    """Log-log latency (left) and counted operations (right) against k, slopes in the legend."""
-    import matplotlib
-    matplotlib.use("Agg")
+def figure(result: Result, large_k: int):
+    """Log-log latency (left) and counted operations (right) against k, slopes in the legend;
+    returns the matplotlib figure (the caller saves or shows it)."""
     import matplotlib.pyplot as plt
 
     fig, (ax_t, ax_ops) = plt.subplots(1, 2, figsize=(11, 4.2))
@@ -206,5 +216,15 @@ def plot(result: Result, path, large_k: int) -> None:
         ax.grid(True, which="both", alpha=0.3)
         ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    return fig
+
+
+def plot(result: Result, path, large_k: int) -> None:
+    """Write ``figure(result, large_k)`` to ``path`` without opening a window."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig = figure(result, large_k)
+    save_figure(fig, path, dpi=120)     # atomically, in the format the ending names
     plt.close(fig)

@@ -22,6 +22,7 @@ import sys
 from pathlib import Path
 
 from ..errors import NpvitError
+from ..outputs import check_figure_output, check_output, write_atomically
 
 THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS",
                     "VECLIB_MAXIMUM_THREADS")
@@ -60,24 +61,43 @@ def _attention_argv(args) -> list[str]:
         argv += ["--markdown", str(args.markdown)]
     if args.quick:
         argv.append("--quick")
+    if args.units != "paper":
+        argv += ["--units", args.units]
     return argv
 
 
+def _check_attention_options(args) -> None:
+    """Every option that would fail the benchmark, refused before it starts (and before the
+    single-threaded re-run), in one line."""
+    for option, value in (("--dim", args.dim), ("--heads", args.heads), ("--proj-len", args.proj_len),
+                          ("--repeats", args.repeats), ("--large-k", args.large_k)):
+        if value < 1:
+            raise NpvitError(f"{option} must be at least 1, got {value}")
+    if args.mha_max_k is not None and args.mha_max_k < 1:
+        raise NpvitError(f"--mha-max-k must be at least 1, got {args.mha_max_k}")
+    if not args.quick and (args.min_k < 1 or args.max_k < args.min_k):
+        raise NpvitError(f"need 1 <= --min-k <= --max-k, got {args.min_k} and {args.max_k}")
+    if args.dim % args.heads:
+        raise NpvitError(f"--dim {args.dim} is not divisible by --heads {args.heads}")
+    check_figure_output(args.plot, what="--plot")
+    if args.markdown:
+        check_output(args.markdown, what="--markdown")
+
+
 def run_attention(args) -> int:
+    _check_attention_options(args)
     if not _single_threaded():
         print("re-running with " + ", ".join(f"{v}=1" for v in THREAD_VARIABLES)
               + " (BLAS reads them when NumPy loads)", flush=True)
         env = {**os.environ, **{v: "1" for v in THREAD_VARIABLES}}
         return subprocess.call([sys.executable, "-m", "npvit", *_attention_argv(args)], env=env)
 
+    if args.units == "all":
+        return run_attention_zoo(args)
     from ..bench import attention as bench
 
     if args.quick:
         args.min_k, args.max_k, args.repeats = 64, 256, 1
-    if args.min_k < 1 or args.max_k < args.min_k:
-        raise NpvitError(f"need 1 <= --min-k <= --max-k, got {args.min_k} and {args.max_k}")
-    if args.dim % args.heads:
-        raise NpvitError(f"--dim {args.dim} is not divisible by --heads {args.heads}")
     ks = []
     k = args.min_k
     while k <= args.max_k:
@@ -94,18 +114,117 @@ def run_attention(args) -> int:
     print("\n".join(slopes + skipped))
     print("\noperations of one forward pass (G ops = multiply-adds + element-wise operations):\n")
     print(operations)
-    Path(args.plot).parent.mkdir(parents=True, exist_ok=True)
     bench.plot(result, args.plot, args.large_k)
     print(f"\nplot: {args.plot}")
     if args.markdown:
-        Path(args.markdown).write_text(
+        write_atomically(args.markdown, lambda f: f.write(
             f"# Attention latency (MobileViTv2 paper, Fig. 1)\n\n"
             f"Produced by `npvit {' '.join(_attention_argv(args))}`: one thread, float32, batch 1, "
             f"d={args.dim}, h={args.heads}, Linformer p={args.proj_len}; the fastest of "
             f"{args.repeats} forward passes. Operation counts come from `npvit.opcount` on the "
             f"pass that ran.\n\n![latency](attention_latency.png)\n\n{table}\n\n"
             + "".join(f"- {line.strip()}\n" for line in slopes + skipped)
-            + f"\n## Operations of one forward pass\n\n```\n{operations}\n```\n")
+            + f"\n## Operations of one forward pass\n\n```\n{operations}\n```\n"), mode="w")
+        print(f"table: {args.markdown}")
+    return 0
+
+
+def _doubling(lo: int, hi: int) -> list[int]:
+    ks, k = [], lo
+    while k <= hi:
+        ks.append(k)
+        k *= 2
+    return ks
+
+
+def _write_atomically(path, text: str) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def run_attention_zoo(args) -> int:
+    """``--units all``: the three units of the paper and the efficient-attention zoo, one BLAS
+    thread for real (threadpoolctl), warm-up, medians, a per-operation time table at k = 256."""
+    import time
+
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:
+        raise NpvitError("npvit bench attention --units all needs threadpoolctl to pin the BLAS "
+                         "threads: pip install threadpoolctl (or the [bench] extra)") from None
+
+    from ..bench import attention_zoo as zoo
+
+    if args.quick:
+        args.min_k, args.max_k, args.repeats = 64, 256, 1
+    if args.min_k < 1 or args.max_k < args.min_k:
+        raise NpvitError(f"need 1 <= --min-k <= --max-k, got {args.min_k} and {args.max_k}")
+    if args.dim % args.heads or (args.dim // args.heads) % zoo.CGA_KEY_DIM:
+        raise NpvitError(f"--dim {args.dim} / --heads {args.heads} must be a multiple of "
+                         f"{zoo.CGA_KEY_DIM} (cascaded group attention's key_dim)")
+    ks = _doubling(args.min_k, args.max_k)
+    profile_k = 256 if 256 in ks else ks[0]
+    with threadpool_limits(limits=1):
+        machine = zoo.machine_info()
+        if any(n != 1 for _, n in machine["pools"]):
+            raise NpvitError(f"could not limit the thread pools to one thread: {machine['pools']}")
+        print(f"attention zoo, one thread, float32, batch 1: d={args.dim}, h={args.heads}, "
+              f"Linformer p={args.proj_len}, TinyViT window {zoo.WINDOW}x{zoo.WINDOW}, "
+              f"LookupViT M={zoo.COMPRESSED}, k = {ks[0]} ... {ks[-1]}", flush=True)
+        start = time.time()
+        result = zoo.run_zoo(ks, args.dim, args.heads, args.proj_len, args.repeats, args.mha_max_k)
+        times = {u: zoo.operation_times(u, profile_k, args.dim, args.heads, args.proj_len)
+                 for u in zoo.ALL_UNITS}
+        minutes = (time.time() - start) / 60
+        load_end = os.getloadavg()
+    tables = zoo.markdown_tables(result)
+    slopes = zoo.slope_table(result, args.large_k)
+    skipped = [f"{m.unit} at k={m.k}: {m.note}" for m in result.rows if m.seconds is None]
+    ops = zoo.operation_time_table(times, profile_k)
+    print("\n" + tables + "\n\n" + slopes + "\n\n" + ops)
+    if skipped:
+        print("\n".join(skipped))
+    Path(args.plot).parent.mkdir(parents=True, exist_ok=True)
+    zoo.plot(result, args.plot, args.large_k)
+    print(f"\nplot: {args.plot}")
+    if args.markdown:
+        m = machine
+        la = m["load_average"]
+        text = (
+            "# The efficient-attention zoo beside the paper's Fig. 1\n\n"
+            f"Produced by `npvit {' '.join(_attention_argv(args))}` in {minutes:.1f} min.\n\n"
+            f"![latency and memory]({Path(args.plot).name})\n\n"
+            "## Settings\n\n"
+            f"- float32, batch 1, forward pass only, d={args.dim}; h={args.heads} for every unit with "
+            f"heads; Linformer p={args.proj_len}; cascaded group attention key_dim {zoo.CGA_KEY_DIM}, "
+            f"val_dim {args.dim // args.heads}, 5x5 query convs, on an H x W map with H*W = k; "
+            f"EfficientFormer key_dim {zoo.EF_KEY_DIM}, attn_ratio {zoo.EF_ATTN_RATIO}; TinyViT "
+            f"windows {zoo.WINDOW}x{zoo.WINDOW} (map zero-padded to multiples of 7), head_dim "
+            f"{args.dim // args.heads}; LookupViT M={zoo.COMPRESSED} compressed tokens; MPCViT "
+            "without qkv bias. Details in `npvit/bench/attention_zoo.py`.\n"
+            f"- One BLAS thread: thread variables set before NumPy loads and threadpoolctl limits "
+            f"(pools seen: {m['pools']}); one warm-up pass, median of {args.repeats} timed passes.\n"
+            f"- Units with k x k arrays stop at k = {args.mha_max_k or 'what fits in memory'}.\n"
+            f"- Machine: {m['cpu']}; flags {' '.join(m['flags'])}; NumPy {m['numpy']} with "
+            f"{m['blas']}; NumPy SIMD baseline {' '.join(m['simd_baseline'])}, dispatch targets "
+            f"available {' '.join(m['simd_dispatch_available'])}.\n"
+            f"- Load average (1, 5, 15 min) at start {la[0]:.2f}, {la[1]:.2f}, {la[2]:.2f}; at end "
+            f"{load_end[0]:.2f}, {load_end[1]:.2f}, {load_end[2]:.2f}.\n\n"
+            "## Fitted log-log slopes\n\n"
+            "Slope of log latency, of log counted operations and of log largest buffer against "
+            "log k (1 = linear, 2 = quadratic); \"builds k × k\": some operation output ends in a "
+            "(k, k) block; \"batched matmuls\": products of two activations (not weight "
+            f"projections) in one pass.\n\n{slopes}\n\n"
+            + "".join(f"- {line}\n" for line in skipped)
+            + f"\n## Latency, counted operations, largest buffer\n\n{tables}\n\n"
+            f"## Where the time goes at k = {profile_k} (Fig. 1, left)\n\n"
+            "Each operation's wall time from the `npvit.opcount` timeline (the time since the "
+            "previous reported operation), summed over a unit's heads, median of 5 passes.\n\n"
+            f"{ops}\n")
+        _write_atomically(args.markdown, text)
         print(f"table: {args.markdown}")
     return 0
 
@@ -129,6 +248,11 @@ def add_parser(sub):
     a.add_argument("--quick", action="store_true", help="k = 64 ... 256, one pass each (a smoke test)")
     a.add_argument("--plot", default="attention_latency.png", help="where to save the log-log PNG")
     a.add_argument("--markdown", help="also write the table and slopes as Markdown here")
+    a.add_argument("--units", choices=("paper", "all"), default="paper",
+                   help="paper: MHA, Linformer, separable (default); all: also the efficient-"
+                        "attention zoo (EfficientViT, EfficientFormer, TinyViT, LookupViT, MPCViT), "
+                        "medians after a warm-up, per-operation times; --mha-max-k then caps every "
+                        "unit with k x k arrays")
     a.set_defaults(func=run_attention)
 
     m = what.add_parser("models", help="npvit against PyTorch eager (timm) on one thread: inference, "

@@ -196,7 +196,9 @@ def write_epoch(folder: RunFolder, model, opt, sched, settings, classes, history
                                history=json.dumps(history),
                                **{f"setting.{k}": v for k, v in settings.items()})
     folder.write("checkpoint.npz", lambda f: np.savez(f, **arrays))
-    meta = model_meta(settings["model"], classes, settings["size"], pipeline)
+    # resize_size: predict/eval/scoremap must prepare images as the validation did
+    meta = model_meta(settings["model"], classes, settings["size"], pipeline,
+                      resize_size=settings["size"] + settings["eval_margin"])
     write_model_npz(folder.file("model.npz"), model.state_dict(), meta)
     lrs = [sched.lr_at(t) for t in range(sched.total_steps)]
     fig = training_curves(history, lrs, steps_per_epoch, len(classes),

@@ -6,6 +6,7 @@ import numpy as np
 
 from .. import functional as F
 from ..gradcheck import check_gradients, wrap_op
+from .options import check_seed
 
 
 def _op_cases(rng):
@@ -42,7 +43,7 @@ def _op_cases(rng):
 
 
 def run(args) -> int:
-    rng = np.random.default_rng(args.seed)
+    rng = np.random.default_rng(check_seed(args.seed))
     worst = 0.0
     print(f"{'op':40s} {'input':>6s}  relative error vs centred finite differences")
     for name, forward, backward, inputs in _op_cases(rng):

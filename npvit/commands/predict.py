@@ -1,4 +1,5 @@
-"""``npvit predict [IMAGE...]``: the top-k ImageNet classes of each image.
+"""``npvit predict [IMAGE...]``: the top-k classes of each image (ImageNet's, or a fine-tuned
+model's own).
 
 Without IMAGE it classifies the example photo that ships with matplotlib (Grace Hopper in
 uniform, public domain), so it runs offline on a fresh install.
@@ -10,6 +11,8 @@ Weights: --weights PATH, else the official weights in the cache (`npvit download
 whose "predictions" mean nothing but show the whole path works.
 Preprocessing: --preprocess cvnets (default: what the model's official checkpoints were
 evaluated with: cvnets-v1 for v1, cvnets-v2 for v2), or cvnets-v1 / cvnets-v2 / hf by name.
+A model file written by `npvit finetune` brings its own: its model, input size,
+preprocessing and class names are used unless --model / --size / --preprocess say otherwise.
 
 Each image that cannot be used (missing, not an image, truncated, empty, a decompression bomb,
 smaller than 32 px) gives one line "npvit: error: FILE: problem" on stderr; the others are
@@ -22,13 +25,14 @@ import argparse
 import json
 import sys
 
-from ..data import DEFAULT_CROP_SIZE, MIN_SIDE, example_image_path, load_image, preprocess
-from ..errors import NpvitError
-from ..inference import (DEFAULT_MODEL, PREPROCESS_CHOICES, RANDOM_WEIGHTS, classify,
-                         load_model, pipeline_for, top_k)
+from ..data import DEFAULT_CROP_SIZE, example_image_path, load_image, preprocess
+from ..errors import NpvitError, error_line
+from ..inference import (DEFAULT_MODEL, PREPROCESS_CHOICES, RANDOM_WEIGHTS, check_size,
+                         class_names, classify, load_model, model_file_settings, pipeline_for,
+                         top_k)
 from ..models import list_models
 from ..weights import cache_dir
-from .options import add_model_and_weights
+from .options import add_model_and_weights, check_seed
 
 
 class _LazyModel:
@@ -36,13 +40,17 @@ class _LazyModel:
     images are all unusable prints only their errors (no random-weights notice, no work)."""
 
     def __init__(self, args):
-        self.args, self.model, self.source = args, None, None
+        self.args, self.model, self.source, self.class_names = args, None, None, None
 
     def get(self):
         if self.model is None:
             args = self.args
             self.model, self.source = load_model(args.model, args.weights, fallback_random=True,
                                                  download=args.download, seed=args.seed)
+            check_size(self.model.name, args.size)   # the variant may come from --weights
+            self.class_names, note = class_names(self.model)
+            if note:
+                print(f"npvit predict: {note}", file=sys.stderr)
             if self.source == RANDOM_WEIGHTS:
                 name = self.model.name
                 print(f"npvit predict: no official weights for {name} in {cache_dir()}, so "
@@ -54,7 +62,8 @@ class _LazyModel:
 def _print_table(image, model, source, pipeline, size, rows) -> None:
     print(f"{image}  [{model.name}, {source}, {pipeline} {size}x{size}]")
     for row in rows:
-        print(f"  {row.rank:>2}  {row.prob:7.2%}  {row.index:>3}  {row.wnid}  {row.label}")
+        wnid = f"{row.wnid}  " if row.wnid else ""     # ImageNet classes only
+        print(f"  {row.rank:>2}  {row.prob:7.2%}  {row.index:>3}  {wnid}{row.label}")
 
 
 def run(args) -> int:
@@ -62,10 +71,13 @@ def run(args) -> int:
         raise NpvitError(f"unknown model {args.model!r}; choose one of {', '.join(list_models())}")
     if args.weights is None and args.model is None:
         args.model = DEFAULT_MODEL
+    check_seed(args.seed)
+    _, args.preprocess, args.size, resize = model_file_settings(args.weights, args.preprocess,
+                                                                args.size)
     if args.topk < 1:
         raise NpvitError(f"--topk must be at least 1, got {args.topk}")
-    if args.size < MIN_SIDE:
-        raise NpvitError(f"--size must be at least {MIN_SIDE}, got {args.size}")
+    if args.model is not None:
+        check_size(args.model, args.size)   # before any image is read
     images = args.images
     if not images:
         images = [str(example_image_path())]
@@ -77,18 +89,18 @@ def run(args) -> int:
         try:
             image = load_image(image_path)
         except NpvitError as e:   # one line naming the file; carry on with the next one
-            print(f"npvit: error: {e}", file=sys.stderr)
+            print(error_line(e), file=sys.stderr)
             failures += 1
             continue
         model = lazy.get()
         pipeline = pipeline_for(model.name, args.preprocess)
         try:
-            x = preprocess(image, pipeline, crop_size=args.size)[None]    # (1, 3, S, S)
+            x = preprocess(image, pipeline, crop_size=args.size, resize_size=resize)[None]
         except NpvitError as e:   # e.g. a panorama too elongated to resize
-            print(f"npvit: error: {image_path}: {e}", file=sys.stderr)
+            print(error_line(f"{image_path}: {e}"), file=sys.stderr)
             failures += 1
             continue
-        rows = top_k(classify(model, x)[0], args.topk)
+        rows = top_k(classify(model, x)[0], args.topk, lazy.class_names)
         if args.json:
             print(json.dumps({"image": image_path, "model": model.name, "weights": lazy.source,
                               "preprocess": pipeline, "size": args.size,
@@ -99,16 +111,17 @@ def run(args) -> int:
 
 
 def add_parser(sub):
-    p = sub.add_parser("predict", help="top-k ImageNet classes of images (default: an example photo)",
+    p = sub.add_parser("predict", help="top-k classes of images (default: an example photo)",
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("images", nargs="*", metavar="IMAGE", help="image files (default: the example photo)")
     add_model_and_weights(p)
     p.add_argument("--topk", type=int, default=5, help="classes per image (default 5)")
-    p.add_argument("--size", type=int, default=DEFAULT_CROP_SIZE,
+    p.add_argument("--size", type=int,
                    help=f"network input side: short side resized to SIZE+32, centre crop "
-                        f"(default {DEFAULT_CROP_SIZE})")
-    p.add_argument("--preprocess", choices=PREPROCESS_CHOICES, default="cvnets",
-                   help="cvnets (default) = the model family's official pipeline "
+                        f"(default: the model file's, else {DEFAULT_CROP_SIZE})")
+    p.add_argument("--preprocess", choices=PREPROCESS_CHOICES,
+                   help="default: the model file's, else cvnets = the model family's official "
+                        "pipeline "
                         "(cvnets-v1: OpenCV bilinear, BGR; cvnets-v2: PIL bicubic, RGB); "
                         "hf = the Hugging Face port's")
     p.add_argument("--json", action="store_true", help="one JSON object per image (JSON lines)")

@@ -6,6 +6,14 @@ pipeline, runs the model in float32 and compares the published logits. The table
 largest |npvit - published| against the anchor's tolerance, the top-5 classes and PASS/FAIL;
 the exit code is 0 only if every anchor passes (1 if one fails, 2 for an error).
 
+Segmentation anchors compare the low-resolution logits (the head's output, before any resize)
+at flat indices; the table then shows the classes the low-resolution mask covers most. The
+published segmentation anchors are the Hugging Face v1 DeepLabv3 ones (converted from the
+ml-cvnets v0.1 files, HF's v1 port computes what ml-cvnets computes). HF's MobileViTv2
+segmentation anchor is NOT among them: HF's v2 port drops the dilation of the v2 blocks' local
+convolution, so its logits come from a different network than the ml-cvnets release npvit
+implements (../shared/reference/dense/NOTES.md 4).
+
 Weights: ``--weights FILE`` (one checkpoint; its model is detected), ``--weights DIR`` (a folder
 holding the official files under their official names, or npvit's converted <model>.npz), else
 the cache (``npvit download``), downloading what is missing. Image: ``--image FILE``, else the
@@ -14,8 +22,6 @@ anchor's image from the cache (``<cache>/images/``), downloaded once.
 from __future__ import annotations
 
 import argparse
-import http.client
-import urllib.error
 from pathlib import Path
 
 import numpy as np
@@ -25,7 +31,8 @@ from ..data.anchors import Anchor, load_anchors
 from ..errors import NpvitError
 from ..functional import softmax_forward
 from ..inference import load_model, predict_logits, top_k
-from ..weights import cache_dir, fetch, local_weights, official, pretrained_path
+from ..weights import DownloadError, cache_dir, fetch, local_weights, official, pretrained_path
+from ..weights.download import check_cache_folder
 
 TOP_K = 5
 
@@ -67,7 +74,7 @@ def run(args) -> int:
         if key not in logits_memo:
             x = preprocess(images[anchor.image_url], anchor.preprocess, anchor.crop_size,
                            anchor.resize_size)[None]                        # (1, 3, S, S) float32
-            logits_memo[key] = predict_logits(models[anchor.model][0], x)[0]  # (1000,) float32
+            logits_memo[key] = predict_logits(models[anchor.model][0], x)[0]  # (1000,) / (C, h, w)
         results.append(_compare(anchor, logits_memo[key]))
 
     image_label = args.image or _cached_image(anchors[0])
@@ -129,12 +136,13 @@ def _download_missing(anchors: list[Anchor], have_image: bool, weights_needed: b
         for model in dict.fromkeys(a.model for a in anchors):
             if local_weights(model) is None:
                 missing.append((official(model).url, cache_dir() / official(model).file_name))
+    for folder in {dest.parent for _, dest in missing}:
+        check_cache_folder(folder)   # a file or a read-only folder is not a network problem
     for i, (url, dest) in enumerate(missing):
         try:
             fetch(url, dest)
-        except (NpvitError, urllib.error.URLError, http.client.HTTPException, OSError) as e:
-            reason = getattr(e, "reason", None) or e
-            raise NpvitError(f"cannot download {url} ({reason}). "
+        except DownloadError as e:
+            raise NpvitError(f"cannot download {url} ({e}). "
                              f"{_offline_advice(missing[i:], args)}") from None
 
 
@@ -154,10 +162,21 @@ def _offline_advice(missing, args) -> str:
 
 
 def _compare(anchor: Anchor, logits: np.ndarray) -> dict:
-    got = logits[list(anchor.logit_indices)].astype(np.float64)
+    if max(anchor.logit_indices) >= logits.size:
+        raise NpvitError(f"the anchor of {anchor.model} names logit index {max(anchor.logit_indices)}, "
+                         f"but its logits {logits.shape} have {logits.size}")
+    got = logits.reshape(-1)[list(anchor.logit_indices)].astype(np.float64)
     delta = float(np.abs(got - np.array(anchor.values)).max())
-    probabilities, _ = softmax_forward(logits.astype(np.float64))
-    top = ", ".join(f"{p.label} {p.prob:.1%}" for p in top_k(probabilities, TOP_K))
+    if logits.ndim == 3:              # segmentation (C, h, w): the classes of the low-res mask
+        from ..models.segmentation import RELEASES
+        from ..data import segmentation_classes
+        classes = segmentation_classes(RELEASES[anchor.model].dataset)
+        counts = np.bincount(logits.argmax(axis=0).reshape(-1), minlength=len(classes))
+        top = ", ".join(f"{classes[i].name} {counts[i] / counts.sum():.0%}"
+                        for i in np.argsort(-counts, kind="stable")[:3] if counts[i])
+    else:
+        probabilities, _ = softmax_forward(logits.astype(np.float64))
+        top = ", ".join(f"{p.label} {p.prob:.1%}" for p in top_k(probabilities, TOP_K))
     return {"anchor": anchor, "got": got, "delta": delta, "passed": delta <= anchor.tolerance,
             "top": top}
 

@@ -10,7 +10,10 @@
         "preprocess":    pipeline name: "cvnets-v1", "cvnets-v2" or "hf"
         "crop_size":     optional, default 256
         "resize_size":   optional, the short side before cropping, default crop_size + 32
-        "logit_indices": the class indices whose logits were published, e.g. [0, 1, 2]
+        "logit_indices": the class indices whose logits were published, e.g. [0, 1, 2]; for a
+                         segmentation model, indices into its flattened low-resolution logits
+                         (C, h, w) of the one image, e.g. logits[0, :3, :3, :3] of a (1, 21,
+                         32, 32) output is [0, 1, 2, 32, 33, 34, 64, ...]
         "values":        the published logits, one per index
         "tolerance":     the largest |npvit - published| that still counts as reproduced
         "hub_id":        optional, where the weights were published (shown, not checked)
@@ -102,18 +105,20 @@ def _anchor(entry, where: str) -> Anchor:
                          f"(fields: {', '.join(REQUIRED + OPTIONAL)})")
 
     model, url, pipeline = entry["model"], entry["image_url"], entry["preprocess"]
-    if model not in list_models():
-        raise NpvitError(f"{where}: unknown model {model!r}; choose one of {', '.join(list_models())}")
+    if model not in list_models("all"):
+        raise NpvitError(f"{where}: unknown model {model!r}; choose one of {', '.join(list_models('all'))}")
+    # classifiers: class indices; segmentation: flat indices, bounded by the logits' size at run time
+    bound = None if model in list_models("segmentation") else NUM_CLASSES
     if not isinstance(url, str) or not PurePosixPath(urlsplit(url).path).name:
         raise NpvitError(f"{where}: image_url must be a URL ending in a file name, got {url!r}")
     if pipeline not in PIPELINES:
         raise NpvitError(f"{where}: unknown preprocess {pipeline!r}; choose one of {', '.join(PIPELINES)}")
 
     indices, values = entry["logit_indices"], entry["values"]
-    if not (isinstance(indices, list) and indices and all(_is_int(i) and 0 <= i < NUM_CLASSES
-                                                          for i in indices)):
-        raise NpvitError(f"{where}: logit_indices must be a non-empty list of class indices "
-                         f"0..{NUM_CLASSES - 1}, got {indices!r}")
+    if not (isinstance(indices, list) and indices and all(
+            _is_int(i) and 0 <= i and (bound is None or i < bound) for i in indices)):
+        what = "non-negative indices" if bound is None else f"class indices 0..{bound - 1}"
+        raise NpvitError(f"{where}: logit_indices must be a non-empty list of {what}, got {indices!r}")
     if not (isinstance(values, list) and all(_is_finite_number(v) for v in values)):
         raise NpvitError(f"{where}: values must be a list of finite numbers, got {values!r}")
     if len(values) != len(indices):

@@ -12,10 +12,11 @@ box) and segmentation / detection lessons all have exact answers.
 
 How an image is drawn (image i of seed s uses its own generator ``default_rng([s, i])``, so the
 first m images of ``make_synthetic(n)`` are those of ``make_synthetic(m)``, bit for bit):
-1. Clutter: a smooth colour field (a random 4x4 grid of colours, bilinearly enlarged), grain
-   noise, and 6-11 small distractors (thin line segments, small discs and rectangles of random
-   colours, each much smaller than the object).
-2. The object: class ``i % K`` (so every class has its share), a random colour, a radius of
+1. Clutter: a smooth colour field (a 4x4 grid of colours within +-FIELD_SPREAD of a random
+   base colour, bilinearly enlarged), grain noise, and 3-7 small distractors (thin line
+   segments, small discs and rectangles of random colours, each much smaller than the object).
+2. The object: class ``i % K`` (so every class has its share), a random colour at least
+   CONTRAST from the field's base colour in some channel (so it stands out), a radius of
    0.22-0.32 of the image side (a large object: its shape is clear at 64 px), a rotation of
    +-20 degrees, and a centre placed so that the whole shape lies inside the image. A pixel
    belongs to the object when its CENTRE (x + 0.5, y + 0.5) falls inside the shape: no
@@ -27,7 +28,7 @@ first m images of ``make_synthetic(n)`` are those of ``make_synthetic(m)``, bit 
 
 The box is the mask's bounding box, in pixel EDGES: ``x0, y0`` = the first object column / row,
 ``x1, y1`` = one past the last (so ``masks[i, y0:y1, x0:x1]`` holds the whole object and
-``x1 - x0`` is its width in pixels), the convention of COCO-style xyxy boxes.
+``x1 - x0`` is its width in pixels), as torchvision's xyxy boxes.
 """
 from __future__ import annotations
 
@@ -52,6 +53,11 @@ RADIUS_RANGE = (0.22, 0.32)   # object radius / image side
 MAX_ROTATION = 20.0           # degrees either way
 MARGIN = 48                   # min. max-channel distance of any background pixel to the object colour
 OBJECT_GRAIN = 12             # max. per-channel deviation of object pixels from the object colour
+FIELD_SPREAD = 50             # the background's smooth colour field: a base colour +- this
+BACKGROUND_GRAIN = 12         # per-pixel noise of the background
+DISTRACTORS = (3, 8)          # how many small distractors (lines, discs, rectangles): 3 to 7
+CONTRAST = 100                # min. max-channel distance of the object colour to the field's base
+MAX_BYTES = 2 << 30           # a set is held in memory: refuse one larger than this
 
 
 @dataclass
@@ -84,6 +90,11 @@ def make_synthetic(n: int, size: int = 64, num_classes: int = 4, seed: int = 0) 
         raise NpvitError(f"synthetic images need a side of at least {MIN_SIDE} px, got {size}")
     if seed < 0:
         raise NpvitError(f"the seed must be >= 0, got {seed}")
+    need = n * size * size * 4          # images (3 bytes a pixel) and masks (1), all in memory
+    if need > MAX_BYTES:
+        raise NpvitError(f"{n} synthetic images of {size}x{size} would take {need / 2**30:.1f} "
+                         f"GiB of memory (the limit is {MAX_BYTES / 2**30:.0f} GiB); make fewer "
+                         f"or smaller images")
     names = class_names_for(num_classes)
     images = np.empty((n, size, size, 3), np.uint8)
     masks = np.empty((n, size, size), np.uint8)
@@ -110,9 +121,11 @@ def _boxes(masks: np.ndarray) -> np.ndarray:
 def _draw(rng: np.random.Generator, shape: str, size: int):
     """One image: (H, W, 3) uint8, its (H, W) uint8 mask, the object's colour (3,) uint8."""
     y, x = np.mgrid[0:size, 0:size] + 0.5          # pixel centres
-    image = _clutter(rng, size, x, y)
+    image, base = _clutter(rng, size, x, y)
 
     color = rng.integers(0, 256, 3)
+    while np.abs(color - base).max() < CONTRAST:   # stand out from the background's colour
+        color = rng.integers(0, 256, 3)
     radius = rng.uniform(*RADIUS_RANGE) * size
     # every shape lies inside the unit disc, so a centre this far from the edges keeps it whole
     cx, cy = rng.uniform(radius + 1, size - radius - 1, 2)
@@ -130,12 +143,15 @@ def _draw(rng: np.random.Generator, shape: str, size: int):
     return image.astype(np.uint8), mask.astype(np.uint8), color.astype(np.uint8)
 
 
-def _clutter(rng, size, x, y) -> np.ndarray:
-    """(H, W, 3) int64 in 0..255: smooth colour field + grain + small distractors."""
-    grid = rng.integers(0, 256, (4, 4, 3)).astype(np.uint8)
-    field = np.asarray(Image.fromarray(grid).resize((size, size), Image.BILINEAR), np.int64)
-    image = field + rng.integers(-20, 21, (size, size, 3))
-    for _ in range(rng.integers(6, 12)):
+def _clutter(rng, size, x, y) -> tuple[np.ndarray, np.ndarray]:
+    """(H, W, 3) int64 in 0..255: a smooth colour field around a base colour + grain + small
+    distractors; and the base colour (3,)."""
+    base = rng.integers(0, 256, 3)
+    grid = np.clip(base + rng.integers(-FIELD_SPREAD, FIELD_SPREAD + 1, (4, 4, 3)), 0, 255)
+    field = np.asarray(Image.fromarray(grid.astype(np.uint8)).resize((size, size), Image.BILINEAR),
+                       np.int64)
+    image = field + rng.integers(-BACKGROUND_GRAIN, BACKGROUND_GRAIN + 1, (size, size, 3))
+    for _ in range(rng.integers(*DISTRACTORS)):
         kind = rng.integers(3)
         px, py = rng.uniform(0, size, 2)
         if kind == 0:     # a thin line segment
@@ -149,7 +165,7 @@ def _clutter(rng, size, x, y) -> np.ndarray:
             hw, hh = rng.uniform(0.02, 0.07, 2) * size
             near = (np.abs(x - px) <= hw) & (np.abs(y - py) <= hh)
         image[near] = rng.integers(0, 256, 3)
-    return np.clip(image, 0, 255)
+    return np.clip(image, 0, 255), base
 
 
 def _keep_away(image: np.ndarray, color: np.ndarray) -> np.ndarray:

@@ -98,5 +98,20 @@ def dropout_forward(x, p: float, training: bool, rng: np.random.Generator | None
     return x * mask, mask
 
 
+def dropout2d_forward(x, p: float, training: bool, rng: np.random.Generator | None = None):
+    """Channel dropout (torch's Dropout2d): x (N, C, H, W); in training each whole (sample,
+    channel) plane is zeroed with probability p and the rest scaled by 1/(1-p). The mask has
+    shape (N, C, 1, 1) and broadcasts, so ``dropout_backward`` is its backward too."""
+    if not 0.0 <= p <= 1.0:
+        raise ValueError(f"dropout probability must be in [0, 1], got {p}")
+    if not training or p == 0.0:
+        return x, None
+    if rng is None:
+        rng = np.random.default_rng()
+    keep = rng.random((x.shape[0], x.shape[1], 1, 1)) >= p
+    mask = keep.astype(x.dtype) / (1.0 - p) if p < 1.0 else np.zeros((*x.shape[:2], 1, 1), x.dtype)
+    return x * mask, mask
+
+
 def dropout_backward(dy, mask):
     return dy if mask is None else dy * mask

@@ -16,6 +16,12 @@ Two code paths, chosen by the shape of the weight, and both checked against PyTo
 The backward of the GEMM path is two more GEMMs (``dW = dy @ cols^T``, ``dcols = W^T @ dy``)
 followed by col2im, the adjoint of im2col, which scatter-adds each tap back into the padded
 input. The depthwise backward is the same per-tap loop read backwards.
+
+**Dilation** d (atrous convolution, DeepLabv3's ASPP and the dense-prediction backbones) spreads
+the taps d pixels apart: tap (i, j) reads input pixel (a * stride + i * d - pad, ...). Both paths
+handle it by shifting each tap by (i * d, j * d) instead of (i, j) in the zero-padded input; nothing
+else changes. With a rate larger than the map (rate 36 on a 32 x 32 map), the outer taps read only
+padding: they are computed like the others and contribute zeros, exactly as PyTorch's.
 """
 from __future__ import annotations
 
@@ -26,8 +32,9 @@ def _pair(v) -> tuple[int, int]:
     return (v, v) if isinstance(v, int) else (int(v[0]), int(v[1]))
 
 
-def _output_size(size: int, k: int, stride: int, pad: int) -> int:
-    return (size + 2 * pad - k) // stride + 1
+def _output_size(size: int, k: int, stride: int, pad: int, dilation: int = 1) -> int:
+    """PyTorch's rule; a dilated kernel spans dilation * (k - 1) + 1 pixels."""
+    return (size + 2 * pad - dilation * (k - 1) - 1) // stride + 1
 
 
 def _pad(x: np.ndarray, ph: int, pw: int) -> np.ndarray:
@@ -46,27 +53,31 @@ def _tap(xp: np.ndarray, i: int, j: int, sh: int, sw: int, ho: int, wo: int) -> 
     return xp[:, :, i:i + sh * (ho - 1) + 1:sh, j:j + sw * (wo - 1) + 1:sw]
 
 
-def im2col(x: np.ndarray, kh: int, kw: int, stride, padding) -> tuple[np.ndarray, int, int]:
+def im2col(x: np.ndarray, kh: int, kw: int, stride, padding,
+           dilation=1) -> tuple[np.ndarray, int, int]:
     """x: (N, C, H, W) -> cols (N, C * kh * kw, H_out * W_out), row index = (c, i, j).
 
-    Row (c, i, j) of ``cols`` holds input channel c shifted by kernel tap (i, j), so a
-    convolution is the matrix product W.reshape(C_out, C*kh*kw) @ cols.
+    Row (c, i, j) of ``cols`` holds input channel c shifted by kernel tap (i, j) (by
+    (i * d_h, j * d_w) pixels with dilation), so a convolution is the matrix product
+    W.reshape(C_out, C*kh*kw) @ cols.
     """
     sh, sw = _pair(stride)
     ph, pw = _pair(padding)
+    dil_h, dil_w = _pair(dilation)
     n, c, h, w = x.shape
-    ho, wo = _output_size(h, kh, sh, ph), _output_size(w, kw, sw, pw)
+    ho, wo = _output_size(h, kh, sh, ph, dil_h), _output_size(w, kw, sw, pw, dil_w)
     if kh == kw == 1 and sh == sw == 1 and ph == pw == 0:
         return x.reshape(n, c, h * w), ho, wo  # a view: no copy for pointwise convs
     xp = _pad(x, ph, pw)
     cols = np.empty((n, c, kh, kw, ho, wo), dtype=x.dtype)
     for i in range(kh):
         for j in range(kw):
-            cols[:, :, i, j] = _tap(xp, i, j, sh, sw, ho, wo)
+            cols[:, :, i, j] = _tap(xp, i * dil_h, j * dil_w, sh, sw, ho, wo)
     return cols.reshape(n, c * kh * kw, ho * wo), ho, wo
 
 
-def col2im(cols: np.ndarray, x_shape, kh: int, kw: int, stride, padding) -> np.ndarray:
+def col2im(cols: np.ndarray, x_shape, kh: int, kw: int, stride, padding,
+           dilation=1) -> np.ndarray:
     """Adjoint of :func:`im2col`: cols (N, C * kh * kw, H_out * W_out) -> dx (N, C, H, W).
 
     Every tap's column block is added back where im2col read it from, so overlapping
@@ -74,23 +85,25 @@ def col2im(cols: np.ndarray, x_shape, kh: int, kw: int, stride, padding) -> np.n
     """
     sh, sw = _pair(stride)
     ph, pw = _pair(padding)
+    dil_h, dil_w = _pair(dilation)
     n, c, h, w = x_shape
-    ho, wo = _output_size(h, kh, sh, ph), _output_size(w, kw, sw, pw)
+    ho, wo = _output_size(h, kh, sh, ph, dil_h), _output_size(w, kw, sw, pw, dil_w)
     if kh == kw == 1 and sh == sw == 1 and ph == pw == 0:
         return cols.reshape(n, c, h, w)
     cols = cols.reshape(n, c, kh, kw, ho, wo)
     dxp = np.zeros((n, c, h + 2 * ph, w + 2 * pw), dtype=cols.dtype)
     for i in range(kh):
         for j in range(kw):
-            _tap(dxp, i, j, sh, sw, ho, wo)[...] += cols[:, :, i, j]
+            _tap(dxp, i * dil_h, j * dil_w, sh, sw, ho, wo)[...] += cols[:, :, i, j]
     return dxp[:, :, ph:ph + h, pw:pw + w]
 
 
-def conv2d_forward(x, w, b=None, stride=1, padding=0, groups: int = 1):
-    """y = conv2d(x, w) + b, as torch.nn.functional.conv2d (dilation 1).
+def conv2d_forward(x, w, b=None, stride=1, padding=0, groups: int = 1, dilation=1):
+    """y = conv2d(x, w) + b, as torch.nn.functional.conv2d.
 
     x: (N, C_in, H, W); w: (C_out, C_in / groups, kh, kw); b: (C_out,) or None.
-    Returns y: (N, C_out, H_out, W_out) with H_out = (H + 2*pad - kh) // stride + 1, and the cache.
+    Returns y: (N, C_out, H_out, W_out) with
+    H_out = (H + 2*pad - dilation*(kh - 1) - 1) // stride + 1, and the cache.
     Depthwise weights (C_in / groups == 1 and groups == C_in) take the per-tap path, every
     other weight the im2col + GEMM path (module docstring).
     """
@@ -99,15 +112,15 @@ def conv2d_forward(x, w, b=None, stride=1, padding=0, groups: int = 1):
     if c_in != c_in_g * groups or c_out % groups:
         raise ValueError(f"conv2d: input has {c_in} channels, weight {w.shape} with groups={groups}")
     if c_in_g == 1 and groups == c_in and c_out == c_in:
-        return _depthwise_forward(x, w, b, stride, padding)
+        return _depthwise_forward(x, w, b, stride, padding, dilation)
     g = groups
-    cols, ho, wo = im2col(x, kh, kw, stride, padding)                # (N, C_in*kh*kw, L)
+    cols, ho, wo = im2col(x, kh, kw, stride, padding, dilation)      # (N, C_in*kh*kw, L)
     cols = cols.reshape(n, g, c_in_g * kh * kw, ho * wo)              # (N, G, K, L)
     wm = w.reshape(g, c_out // g, c_in_g * kh * kw)                   # (G, C_out/G, K)
     y = np.matmul(wm, cols).reshape(n, c_out, ho, wo)                 # (N, C_out, Ho, Wo)
     if b is not None:
         y += b.reshape(1, -1, 1, 1)
-    cache = ("gemm", x.shape, w, cols, stride, padding, groups, b is not None)
+    cache = ("gemm", x.shape, w, cols, stride, padding, groups, b is not None, dilation)
     return y, cache
 
 
@@ -125,21 +138,30 @@ def _plane_blocks(num_planes: int, bytes_per_plane: int) -> list[slice]:
     return [slice(start, min(start + per, num_planes)) for start in range(0, num_planes, per)]
 
 
-def _depthwise_geometry(x_shape, w_shape, stride, padding):
+def _depthwise_geometry(x_shape, w_shape, stride, padding, dilation):
     """Sizes of the flat-plane layout of :func:`_depthwise_forward`: (ho, wo, hq, wq, rows, cols)
     with (ho, wo) the output size, (hq, wq) the size of each of the s_h * s_w phases, and
     (rows, cols) the part of the input the taps can reach (the rest gets no gradient)."""
     sh, sw = _pair(stride)
     ph, pw = _pair(padding)
+    dil_h, dil_w = _pair(dilation)
     h, wd = x_shape[2:]
     kh, kw = w_shape[2:]
-    ho, wo = _output_size(h, kh, sh, ph), _output_size(wd, kw, sw, pw)
-    hq = ho + (kh - 1) // sh + 1          # phase rows: the taps' reach plus one spare row, so
-    wq = wo + (kw - 1) // sw              # the last tap's flat slice stays inside the plane
+    ho, wo = _output_size(h, kh, sh, ph, dil_h), _output_size(wd, kw, sw, pw, dil_w)
+    hq = ho + (kh - 1) * dil_h // sh + 1     # phase rows: the taps' reach plus one spare row, so
+    wq = wo + (kw - 1) * dil_w // sw         # the last tap's flat slice stays inside the plane
     return ho, wo, hq, wq, min(h, sh * hq - ph), min(wd, sw * wq - pw)
 
 
-def _depthwise_forward(x, w, b, stride, padding):
+def _tap_offset(i: int, j: int, dil_h: int, dil_w: int, sh: int, sw: int, wq: int):
+    """Tap (i, j) of output pixel (a, b) reads padded pixel (i*dil_h + a*sh, j*dil_w + b*sw):
+    phase ((i*dil_h) % sh, (j*dil_w) % sw) at flat offset (i*dil_h // sh) * Wq + j*dil_w // sw.
+    Returns (phase, offset)."""
+    ti, tj = i * dil_h, j * dil_w
+    return (ti % sh, tj % sw), (ti // sh) * wq + tj // sw
+
+
+def _depthwise_forward(x, w, b, stride, padding, dilation):
     """Depthwise convolution as kh * kw multiply-adds of whole, contiguous shifted planes.
 
     Pad each (sample, channel) plane and flatten it row by row, rows Wq wide. With stride 1,
@@ -149,14 +171,16 @@ def _depthwise_forward(x, w, b, stride, padding):
     multiply-add instead of a 4-D strided one. Outputs are computed on the Wq-wide grid; the
     last Wq - W_out columns of each row straddle the row's end and are cropped at the end.
     A stride s is turned into stride 1 by splitting the padded input into s * s phases (rows
-    r::s, columns q::s): tap (i, j) reads phase (i % s, j % s) shifted by (i // s, j // s).
+    r::s, columns q::s): tap (i, j) reads phase (i % s, j % s) shifted by (i // s, j // s)
+    (with dilation d: tap offset i * d in place of i, ``_tap_offset``).
     The tap loop runs over cache-sized blocks of planes (``_plane_blocks``).
     """
     sh, sw = _pair(stride)
     ph, pw = _pair(padding)
+    dil_h, dil_w = _pair(dilation)
     n, c = x.shape[:2]
     kh, kw = w.shape[2:]
-    ho, wo, hq, wq, rows, cols = _depthwise_geometry(x.shape, w.shape, stride, padding)
+    ho, wo, hq, wq, rows, cols = _depthwise_geometry(x.shape, w.shape, stride, padding, dilation)
     xp = np.zeros((n, c, sh * hq, sw * wq), dtype=x.dtype)
     xp[:, :, ph:ph + rows, pw:pw + cols] = x[:, :, :rows, :cols]
     # Every (sample, channel) plane is one row of length hq * wq; w_rows[row, tap] its weights.
@@ -171,8 +195,8 @@ def _depthwise_forward(x, w, b, stride, padding):
         y_b, product_b = y[block], product[:block.stop - block.start]
         for i in range(kh):
             for j in range(kw):
-                shift = (i // sh) * wq + j // sw
-                tap = phases[i % sh, j % sw][block, shift:shift + length]
+                key, shift = _tap_offset(i, j, dil_h, dil_w, sh, sw, wq)
+                tap = phases[key][block, shift:shift + length]
                 np.multiply(tap, w_rows[block, i * kw + j], out=product_b if i or j else y_b)
                 if i or j:
                     y_b += product_b
@@ -180,7 +204,7 @@ def _depthwise_forward(x, w, b, stride, padding):
     if b is not None:
         y += b.reshape(1, c, 1)
     y = np.ascontiguousarray(y.reshape(n, c, ho, wq)[:, :, :, :wo])
-    cache = ("depthwise", x.shape, w, phases, stride, padding, c, b is not None)
+    cache = ("depthwise", x.shape, w, phases, stride, padding, c, b is not None, dilation)
     return y, cache
 
 
@@ -188,7 +212,7 @@ def conv2d_backward(dy, cache):
     """dy: (N, C_out, H_out, W_out) -> (dx, dw, db); db is None when the conv has no bias."""
     if cache[0] == "depthwise":
         return _depthwise_backward(dy, cache)
-    _, x_shape, w, cols, stride, padding, g, has_bias = cache
+    _, x_shape, w, cols, stride, padding, g, has_bias, dilation = cache
     n, c_out, ho, wo = dy.shape
     c_in_g, kh, kw = w.shape[1:]
     dym = dy.reshape(n, g, c_out // g, ho * wo)                       # (N, G, C_out/G, L)
@@ -197,7 +221,7 @@ def conv2d_backward(dy, cache):
     dw = np.matmul(dym, cols.swapaxes(-1, -2)).sum(axis=0).reshape(w.shape)
     wm = w.reshape(g, c_out // g, c_in_g * kh * kw)
     dcols = np.matmul(wm.transpose(0, 2, 1), dym)                     # (N, G, K, L)
-    dx = col2im(dcols.reshape(n, -1, ho * wo), x_shape, kh, kw, stride, padding)
+    dx = col2im(dcols.reshape(n, -1, ho * wo), x_shape, kh, kw, stride, padding, dilation)
     db = dy.sum(axis=(0, 2, 3)) if has_bias else None
     return dx, dw, db
 
@@ -205,12 +229,13 @@ def conv2d_backward(dy, cache):
 def _depthwise_backward(dy, cache):
     """The forward's per-tap loop read backwards, on the same flat shifted slices:
     y += tap * w  =>  dw_tap = sum(dy * tap),  dtap += dy * w."""
-    _, x_shape, w, phases, stride, padding, c, has_bias = cache
+    _, x_shape, w, phases, stride, padding, c, has_bias, dilation = cache
     sh, sw = _pair(stride)
     ph, pw = _pair(padding)
+    dil_h, dil_w = _pair(dilation)
     n = x_shape[0]
     kh, kw = w.shape[2:]
-    ho, wo, hq, wq, rows, cols = _depthwise_geometry(x_shape, w.shape, stride, padding)
+    ho, wo, hq, wq, rows, cols = _depthwise_geometry(x_shape, w.shape, stride, padding, dilation)
     length = ho * wq
     dy_wide = np.zeros((n, c, ho, wq), dtype=dy.dtype)   # zeros in the cropped columns
     dy_wide[:, :, :, :wo] = dy
@@ -224,8 +249,7 @@ def _depthwise_backward(dy, cache):
         dy_b, product_b = dy_wide[block], product[:block.stop - block.start]
         for i in range(kh):
             for j in range(kw):
-                shift = (i // sh) * wq + j // sw
-                key = (i % sh, j % sw)
+                key, shift = _tap_offset(i, j, dil_h, dil_w, sh, sw, wq)
                 np.multiply(dy_b, phases[key][block, shift:shift + length], out=product_b)
                 dw_rows[block, i * kw + j] = product_b.sum(axis=1)
                 np.multiply(dy_b, w_rows[block, i * kw + j], out=product_b)

@@ -2,7 +2,8 @@
 
 Bilinear interpolation is separable and linear, so resizing (H, W) -> (H_out, W_out) is
     y = A_h @ x @ A_w^T,
-with A_h (H_out, H) and A_w (W_out, W) sparse interpolation matrices (two non-zeros a row).
+with A_h (H_out, H) and A_w (W_out, W) sparse interpolation matrices (at most two non-zeros a
+row; one where the sample falls on, or is clamped to, a pixel).
 The backward is then just the transposed products, dx = A_h^T @ dy @ A_w — the adjoint.
 
 Where each output pixel samples (PyTorch, size given, no scale_factor):
@@ -47,3 +48,13 @@ def resize_bilinear_backward(dy, cache):
     """dy: (N, C, H_out, W_out) -> dx: (N, C, H, W)."""
     a_h, a_w = cache
     return a_h.T @ (dy @ a_w)
+
+
+def resize_nearest(x, size):
+    """x: (N, C, H, W) -> (N, C, size[0], size[1]), as ``F.interpolate(mode="nearest")``: output
+    pixel d copies input pixel floor(d * in / out). (Used on logits before an argmax only, so
+    it has no backward.)"""
+    h, w = x.shape[2:]
+    rows = np.minimum((np.arange(size[0]) * (h / size[0])).astype(np.int64), h - 1)
+    cols = np.minimum((np.arange(size[1]) * (w / size[1])).astype(np.int64), w - 1)
+    return x[:, :, rows][:, :, :, cols]

@@ -10,7 +10,8 @@ from __future__ import annotations
 import numpy as np
 
 from ..nn.blocks import InvertedResidual, MobileViTBlock
-from .network import MobileViTNet
+from ..nn.module import Module
+from .network import MobileViTNet, dilated_stages
 
 CONFIGS = {
     #                channels (stages 0-4)      d of blocks 2-4   expand  final
@@ -23,7 +24,8 @@ IR_DEPTHS = (1, 3)              # inverted residuals in stages 0 and 1
 TRANSFORMER_DEPTHS = (2, 4, 3)  # transformer layers in the blocks of stages 2, 3, 4
 
 
-def build(name: str, num_classes=1000, drop_rate=0.0, dtype=np.float32) -> MobileViTNet:
+def build_stages(name: str, output_stride=32, dtype=np.float32) -> tuple[int, list[list[Module]]]:
+    """(stem channels, the blocks of stages 0-4) at the given output stride (network.py)."""
     cfg = CONFIGS[name]
     chs, e = cfg["chs"], cfg["expand"]
     stages, prev = [], STEM_CHS
@@ -34,8 +36,16 @@ def build(name: str, num_classes=1000, drop_rate=0.0, dtype=np.float32) -> Mobil
             blocks.append(InvertedResidual(prev, chs[i], stride, e, dtype=dtype))
             prev = chs[i]
         stages.append(blocks)
-    for c, d, depth in zip(chs[2:], cfg["dims"], TRANSFORMER_DEPTHS):
-        stages.append([InvertedResidual(prev, c, 2, e, dtype=dtype),
+    for c, d, depth, (stride, dilation, _) in zip(chs[2:], cfg["dims"], TRANSFORMER_DEPTHS,
+                                                   dilated_stages(output_stride)):
+        # The v1 block ignores the stage's dilation: ml-cvnets builds it without one.
+        stages.append([InvertedResidual(prev, c, stride, e, dilation=dilation, dtype=dtype),
                        MobileViTBlock(c, d, depth, num_heads=4, mlp_ratio=2.0, dtype=dtype)])
         prev = c
-    return MobileViTNet(name, 1, STEM_CHS, stages, cfg["final"], num_classes, drop_rate, dtype)
+    return STEM_CHS, stages
+
+
+def build(name: str, num_classes=1000, drop_rate=0.0, dtype=np.float32) -> MobileViTNet:
+    stem_chs, stages = build_stages(name, dtype=dtype)
+    return MobileViTNet(name, 1, stem_chs, stages, CONFIGS[name]["final"], num_classes, drop_rate,
+                        dtype)

@@ -8,14 +8,44 @@
     head        global average pool -> dropout -> fc     (B, num_classes)
 
 Names follow timm, so ``state_dict()`` keys equal ``timm.create_model(name).state_dict()``'s.
+
+The same stage builders (models/mobilevit.py, models/mobilevit_v2.py) also build the
+dense-prediction backbones at output stride 16 or 8 (models/backbone.py), following
+:func:`dilated_stages`.
 """
 from __future__ import annotations
 
 import numpy as np
 
 from ..data import check_input
+from ..errors import NpvitError
 from ..nn import (ConvNormAct, Dropout, GlobalAvgPool, Identity, Linear, Module, Sequential,
                   is_grad_enabled)
+
+OUTPUT_STRIDES = (8, 16, 32)
+
+
+def dilated_stages(output_stride: int = 32) -> list[tuple[int, int, int]]:
+    """(stride, inverted-residual dilation, block dilation) of stages 2, 3 and 4, ml-cvnets' rule.
+
+    Classification runs at output stride 32: every stage starts with a stride-2 inverted
+    residual. For segmentation ml-cvnets keeps the last stages at a higher resolution: a stage
+    whose output stride would exceed ``output_stride`` keeps stride 1, its inverted residual's
+    depthwise conv takes the running dilation (starting at 1), then the running dilation
+    doubles and the MobileViT block after it gets the doubled one (used only by v2 blocks; v1
+    blocks are never dilated). So OS 16 gives stage 4 (1, 1, 2); OS 8 gives stage 3 (1, 1, 2)
+    and stage 4 (1, 2, 4). Stages 0 and 1 never change.
+    """
+    if output_stride not in OUTPUT_STRIDES:
+        raise NpvitError(f"output stride must be one of {OUTPUT_STRIDES}, got {output_stride}")
+    plan, dilation = [], 1
+    for stride_after in (8, 16, 32):          # output stride after stages 2, 3, 4 at OS 32
+        if stride_after > output_stride:
+            plan.append((1, dilation, 2 * dilation))
+            dilation *= 2
+        else:
+            plan.append((2, 1, 1))
+    return plan
 
 
 class ClassifierHead(Module):
@@ -54,6 +84,10 @@ class MobileViTNet(Module):
             self.final_conv = Identity()
         self.num_features = final_chs or last_chs
         self.head = ClassifierHead(self.num_features, num_classes, drop_rate, dtype=dtype)
+
+    # What the model file said about itself (npvit.weights.meta: model, classes, input size,
+    # preprocessing), set by create_model(pretrained=PATH) and load_model; None otherwise.
+    meta: dict | None = None
 
     # Inference (eval mode under no_grad) runs this many images at a time; None = the whole
     # batch at once. In eval mode images do not interact (BatchNorm uses its running

@@ -43,15 +43,18 @@ def _next_multiple(h: int, w: int, ph: int, pw: int) -> tuple[int, int]:
 class InvertedResidual(Module):
     """x (B, C_in, H, W) -> (B, C_out, H / stride, W / stride).
 
-    conv1_1x1: C_in -> C_in * expand (BN, SiLU); conv2_kxk: depthwise 3x3 with the stride
-    (BN, SiLU); conv3_1x1: -> C_out (BN, no activation); + x when stride 1 and C_in == C_out.
+    conv1_1x1: C_in -> C_in * expand (BN, SiLU); conv2_kxk: depthwise 3x3 with the stride and
+    dilation (BN, SiLU); conv3_1x1: -> C_out (BN, no activation); + x when stride 1 and
+    C_in == C_out. (Dilation > 1 only in the dense-prediction backbones, models/network.py.)
     """
 
-    def __init__(self, in_chs, out_chs, stride=1, expand_ratio=2.0, dtype=np.float32):
+    def __init__(self, in_chs, out_chs, stride=1, expand_ratio=2.0, dilation=1, dtype=np.float32):
         super().__init__()
         mid = make_divisible(in_chs * expand_ratio)
+        self.out_chs = out_chs
         self.conv1_1x1 = ConvNormAct(in_chs, mid, 1, dtype=dtype)
-        self.conv2_kxk = ConvNormAct(mid, mid, 3, stride=stride, groups=mid, dtype=dtype)
+        self.conv2_kxk = ConvNormAct(mid, mid, 3, stride=stride, groups=mid, dilation=dilation,
+                                     dtype=dtype)
         self.conv3_1x1 = ConvNormAct(mid, out_chs, 1, act=False, dtype=dtype)
         self.has_shortcut = stride == 1 and in_chs == out_chs
 
@@ -85,6 +88,7 @@ class MobileViTBlock(Module):
     def __init__(self, chs, transformer_dim, depth, num_heads=4, mlp_ratio=2.0, drop=0.0,
                  dtype=np.float32):
         super().__init__()
+        self.out_chs = chs
         self.conv_kxk = ConvNormAct(chs, chs, 3, dtype=dtype)
         self.conv_1x1 = Conv2d(chs, transformer_dim, 1, bias=False, dtype=dtype)
         self.transformer = Sequential(*[
@@ -140,13 +144,18 @@ class MobileViTBlockV2(Module):
       norm       GroupNorm with one group                     (B, d, P, N)
       fold                                                    (B, d, h, w)
       conv_proj  1x1 d -> C, BN, no activation                (B, C, h, w)
+
+    ``dilation`` applies to conv_kxk only (ml-cvnets dilates the local depthwise conv of the v2
+    blocks in dilated stages; nothing else in the block changes).
     """
 
     patch_size = (2, 2)
 
-    def __init__(self, chs, transformer_dim, depth, mlp_ratio=2.0, drop=0.0, dtype=np.float32):
+    def __init__(self, chs, transformer_dim, depth, mlp_ratio=2.0, drop=0.0, dilation=1,
+                 dtype=np.float32):
         super().__init__()
-        self.conv_kxk = ConvNormAct(chs, chs, 3, groups=chs, dtype=dtype)
+        self.out_chs = chs
+        self.conv_kxk = ConvNormAct(chs, chs, 3, groups=chs, dilation=dilation, dtype=dtype)
         self.conv_1x1 = Conv2d(chs, transformer_dim, 1, bias=False, dtype=dtype)
         self.transformer = Sequential(*[
             LinearTransformerLayer(transformer_dim, mlp_ratio=mlp_ratio, drop=drop, dtype=dtype)

@@ -16,17 +16,19 @@ class Conv2d(Module):
     """x (N, C_in, H, W) -> (N, C_out, H_out, W_out); weight (C_out, C_in/groups, k, k)."""
 
     def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, groups=1,
-                 bias=True, dtype=np.float32):
+                 bias=True, dilation=1, dtype=np.float32):
         super().__init__()
         k = kernel_size
         fan_in = in_channels // groups * k * k
         self.stride, self.padding, self.groups = stride, padding, groups
+        self.dilation = dilation
         self.weight = Parameter(uniform_fan_in((out_channels, in_channels // groups, k, k), fan_in, dtype))
         self.bias = Parameter(uniform_fan_in((out_channels,), fan_in, dtype)) if bias else None
 
     def forward(self, x):
         b = None if self.bias is None else self.bias.data
-        y, cache = F.conv2d_forward(x, self.weight.data, b, self.stride, self.padding, self.groups)
+        y, cache = F.conv2d_forward(x, self.weight.data, b, self.stride, self.padding, self.groups,
+                                    self.dilation)
         self.save_cache(cache)
         return y
 
@@ -39,7 +41,9 @@ class Conv2d(Module):
 
     def extra_repr(self):
         o, i, k, _ = self.weight.shape
-        return f"{i * self.groups}, {o}, k={k}, s={self.stride}, p={self.padding}, g={self.groups}"
+        dilated = f", d={self.dilation}" if self.dilation != 1 else ""
+        return (f"{i * self.groups}, {o}, k={k}, s={self.stride}, p={self.padding}, "
+                f"g={self.groups}{dilated}")
 
 
 class Linear(Module):
@@ -208,6 +212,16 @@ class Dropout(Module):
         return f"p={self.p}"
 
 
+class Dropout2d(Dropout):
+    """Channel dropout (torch's Dropout2d): in training whole (sample, channel) planes are
+    zeroed with probability p; identity in eval. The dense-prediction heads use it."""
+
+    def forward(self, x):
+        y, mask = F.dropout2d_forward(x, self.p, self.training, self.rng)
+        self.save_cache(("mask", mask))
+        return y
+
+
 class GlobalAvgPool(Module):
     """(N, C, H, W) -> (N, C)."""
 
@@ -232,15 +246,23 @@ class ConvNormAct(Module):
       the feature map. The folded weights are recomputed on every call (a few kB of arithmetic
       against megabytes of feature map), so they can never go stale after weights change.
     tests/test_fast_paths.py checks that both paths give the same output.
+
+    Padding is ``dilation * (kernel_size // 2)``, so the output keeps the input's size at
+    stride 1 (ml-cvnets' ConvLayer). ``act``: True for SiLU (the backbones), "relu" for the
+    dense-prediction heads (ml-cvnets builds them with ReLU), False for none.
     """
 
     def __init__(self, in_channels, out_channels, kernel_size=1, stride=1, groups=1, act=True,
-                 dtype=np.float32):
+                 dilation=1, dtype=np.float32):
         super().__init__()
-        self.conv = Conv2d(in_channels, out_channels, kernel_size, stride, kernel_size // 2, groups,
-                           bias=False, dtype=dtype)
+        self.conv = Conv2d(in_channels, out_channels, kernel_size, stride,
+                           dilation * (kernel_size // 2), groups, bias=False, dilation=dilation,
+                           dtype=dtype)
         self.bn = BatchNorm2d(out_channels, dtype=dtype)
-        self.act = SiLU(inplace=True) if act else None    # its input is always a fresh array
+        if act == "relu":
+            self.act = ReLU()
+        else:                                             # the input is always a fresh array
+            self.act = SiLU(inplace=True) if act else None
 
     def forward(self, x):
         if self.training or is_grad_enabled():
@@ -254,7 +276,7 @@ class ConvNormAct(Module):
         conv, bn = self.conv, self.bn
         w, b = F.fold_batchnorm(conv.weight.data, None, bn.weight.data, bn.bias.data,
                                 bn.running_mean, bn.running_var, bn.eps)
-        y, _ = F.conv2d_forward(x, w, b, conv.stride, conv.padding, conv.groups)
+        y, _ = F.conv2d_forward(x, w, b, conv.stride, conv.padding, conv.groups, conv.dilation)
         return y
 
     def backward(self, dy):

@@ -110,3 +110,44 @@ def attention_figure(image_rgb: np.ndarray, maps: list[AttentionMaps], title: st
         _show(axes[row, 1 + num_heads], _panel(image_rgb, m.received_heatmap, overlay),
               "received (mean)")
     return fig
+
+
+def outline_box(fig, box, color: str = "white") -> None:
+    """Draw the box [x0, y0, x1, y1] (input pixels, edges) on every image panel of a figure
+    made above (all panels show the input's pixel grid, so one rectangle fits them all)."""
+    from matplotlib.patches import Rectangle
+
+    x0, y0, x1, y1 = box
+    for ax in fig.axes:
+        if ax.axison:
+            ax.add_patch(Rectangle((x0 - 0.5, y0 - 0.5), x1 - x0, y1 - y0, fill=False,
+                                   edgecolor=color, linewidth=1.2, linestyle="--"))
+
+
+def confusion_figure(confusion: np.ndarray, class_names: list[str], title: str):
+    """The confusion matrix (K, K) of counts, rows = true class, columns = predicted class,
+    each cell shaded by its share of the row (the class's images) and labelled with its count
+    when K is small enough to read."""
+    from matplotlib.figure import Figure
+
+    confusion = np.asarray(confusion)
+    k = len(confusion)
+    side = min(12.0, 2.5 + 0.45 * k)
+    fig = Figure(figsize=(side + 1.5, side), dpi=DPI)
+    ax = fig.subplots()
+    rows = np.maximum(confusion.sum(axis=1, keepdims=True), 1)
+    shown = ax.imshow(confusion / rows, cmap="Blues", vmin=0, vmax=1, interpolation="nearest")
+    fig.colorbar(shown, ax=ax, fraction=0.046, label="share of the true class's images")
+    if k <= 30:
+        ax.set_xticks(range(k), class_names, rotation=45, ha="right", fontsize=8)
+        ax.set_yticks(range(k), class_names, fontsize=8)
+        for (i, j), count in np.ndenumerate(confusion):
+            if count:
+                dark = count / rows[i, 0] > 0.5
+                ax.text(j, i, str(count), ha="center", va="center", fontsize=8,
+                        color="white" if dark else "black")
+    ax.set_xlabel("predicted class")
+    ax.set_ylabel("true class")
+    ax.set_title(title, fontsize=10)
+    fig.tight_layout()
+    return fig

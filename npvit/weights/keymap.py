@@ -22,6 +22,9 @@ import re
 import numpy as np
 
 from ..errors import NpvitError
+from .reader import StoredTensor
+from .keymap_segmentation import LAYOUT_NAMES as SEGMENTATION_LAYOUT_NAMES
+from .keymap_segmentation import detect_segmentation_layout, segmentation_to_npvit_names
 
 # --- ml-cvnets -> timm --------------------------------------------------------------------------
 # ml-cvnets wraps every conv+norm(+act) unit as `<unit>.block.{conv,norm}`; inverted residuals
@@ -97,12 +100,17 @@ HF_RULES = [
 
 RULES = {"cvnets": CVNETS_RULES, "hf": HF_RULES}
 # How each key layout is named to people (convert/predict messages).
-LAYOUT_NAMES = {"cvnets": "ml-cvnets", "hf": "Hugging Face", "timm": "timm/npvit"}
+LAYOUT_NAMES = {"cvnets": "ml-cvnets", "hf": "Hugging Face", "timm": "timm/npvit",
+                **SEGMENTATION_LAYOUT_NAMES}
 
 
 def detect_layout(keys) -> str:
-    """'timm' (= npvit), 'cvnets' (official ml-cvnets files) or 'hf' (transformers port)."""
+    """'timm' (= npvit), 'cvnets' (official ml-cvnets files) or 'hf' (transformers port); for
+    segmentation checkpoints 'cvnets-seg' / 'hf-seg' (keymap_segmentation.py)."""
     keys = list(keys)
+    segmentation = detect_segmentation_layout(keys)
+    if segmentation is not None:
+        return segmentation
     if any(k.startswith(("stem.", "stages.")) for k in keys):
         return "timm"
     if any(k.startswith(("conv_1.", "layer_1.")) for k in keys):
@@ -125,6 +133,8 @@ def to_npvit_names(state: dict[str, np.ndarray], layout: str | None = None):
     layout = layout or detect_layout(state)
     if layout == "timm":
         return layout, dict(state)
+    if layout in SEGMENTATION_LAYOUT_NAMES:
+        return layout, segmentation_to_npvit_names(state, layout)
     renamed = {}
     for key, value in state.items():
         new = rename_key(key, RULES[layout])
@@ -132,6 +142,18 @@ def to_npvit_names(state: dict[str, np.ndarray], layout: str | None = None):
             raise NpvitError(f"two {layout} keys map to the same npvit key {new} (second: {key})")
         renamed[new] = value
     return layout, _fuse_qkv(renamed) if layout == "hf" else renamed
+
+
+def _concatenate(parts):
+    """[q, k, v] stacked along rows: an array, or for tensors not yet read (a checkpoint still
+    open) a StoredTensor that stacks them when it is read."""
+    if all(isinstance(p, np.ndarray) for p in parts):
+        return np.concatenate(parts, axis=0)
+    shape = (sum(p.shape[0] for p in parts), *parts[0].shape[1:])
+    dtype = np.result_type(*(p.dtype for p in parts))
+    load = lambda: np.concatenate([p if isinstance(p, np.ndarray) else p.load() for p in parts])
+    views = [v for p in parts if isinstance(p, StoredTensor) for v in p.views]
+    return StoredTensor(shape, dtype, load, views)
 
 
 def _fuse_qkv(state: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -146,7 +168,12 @@ def _fuse_qkv(state: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
             parts = [state.get(f"{m[1]}{p}.{m[3]}") for p in ("query", "key", "value")]
             if any(p is None for p in parts):
                 raise NpvitError(f"{key} has no matching key/value tensors to fuse into qkv")
-            out[f"{m[1]}qkv.{m[3]}"] = np.concatenate(parts, axis=0)
+            shapes = [tuple(p.shape) for p in parts]
+            if len(shapes[0]) not in (1, 2) or len(set(shapes)) != 1:
+                raise NpvitError(f"{m[1]}{{query,key,value}}.{m[3]} have shapes "
+                                 f"{', '.join(map(str, shapes))}; they must be equal (d, d) "
+                                 f"weights or (d,) biases to fuse into qkv")
+            out[f"{m[1]}qkv.{m[3]}"] = _concatenate(parts)
         elif f"{m[1]}query.{m[3]}" not in state:
             raise NpvitError(f"{key} has no matching query tensor to fuse into qkv")
     return out

@@ -13,7 +13,11 @@ name, "input_size" the side of the square network input it was trained at).
 
 ``read_checkpoint`` never returns ``npvit_meta`` as a weight; ``read_model_meta`` reads it (and
 only it: the weights are not loaded). Files without it (official checkpoints, ``npvit convert``
-output, a plain ``np.savez(**state_dict)``) give None.
+output, a plain ``np.savez(**state_dict)``) give None. ``load_model_file`` reads both, for the
+model builders (``create_model(pretrained=PATH)``, ``npvit.inference.load_model``).
+
+Optional key: "resize_size", the short side images are resized to before the centre crop
+(default input_size + 32, the ml-cvnets convention that npvit.data.preprocess follows).
 """
 from __future__ import annotations
 
@@ -21,11 +25,14 @@ import json
 import os
 import tempfile
 import zipfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from ..errors import NpvitError
+from .convert import convert_checkpoint
+from .reader import check_regular_file
 
 META_KEY = "npvit_meta"
 FORMAT = 1
@@ -35,11 +42,13 @@ MAX_META_CHARS = 1 << 20
 
 
 def model_meta(model: str, classes, input_size: int, preprocess: str,
-               task: str = "classification") -> dict:
+               task: str = "classification", resize_size: int | None = None) -> dict:
     """The meta dict for a classifier over ``classes`` (checked as `write_model_npz` does)."""
     meta = {"format": FORMAT, "task": task, "model": model, "num_classes": len(classes),
             "classes": [str(c) for c in classes], "input_size": int(input_size),
             "preprocess": preprocess}
+    if resize_size is not None:
+        meta["resize_size"] = int(resize_size)
     return check_meta(meta)
 
 
@@ -66,10 +75,18 @@ def check_meta(meta, source: str = "model meta") -> dict:
         raise bad(f"num_classes is {meta['num_classes']} but {len(classes)} class names are given")
     if not all(isinstance(c, str) and c for c in classes):
         raise bad("every class name must be a non-empty string")
+    # names are printed one per line and used as folder names: no control characters
+    odd = next((c for c in classes if not c.isprintable() or len(c) > 200), None)
+    if odd is not None:
+        raise bad(f"class name {odd[:40]!r} has control characters or is over 200 characters")
     if len(set(classes)) != len(classes):
         raise bad("the class names are not unique")
     if meta["input_size"] < 1:
         raise bad(f"input_size must be positive, got {meta['input_size']}")
+    resize = meta.get("resize_size")
+    if resize is not None and (not isinstance(resize, int) or isinstance(resize, bool)
+                               or resize < meta["input_size"]):
+        raise bad(f"resize_size must be an integer >= input_size, got {resize!r:.60}")
     return meta
 
 
@@ -104,8 +121,7 @@ def write_model_npz(path, state_dict: dict, meta: dict) -> Path:
 def read_model_meta(path) -> dict | None:
     """The checked meta dict of an npvit model file, or None for any file without one."""
     path = Path(path)
-    if not path.is_file():
-        raise NpvitError(f"checkpoint {path} does not exist")
+    check_regular_file(path, "checkpoint")   # missing, a directory, FIFO or device: by name
     with open(path, "rb") as f:
         if f.read(2) != b"PK":        # not a zip, so not an .npz
             return None
@@ -131,3 +147,58 @@ def read_model_meta(path) -> dict | None:
     except ValueError as e:
         raise NpvitError(f"{path}: {META_KEY} is not valid JSON ({e})") from None
     return check_meta(meta, source=str(path))
+
+
+@dataclass
+class ModelFile:
+    """A checkpoint read for building a model: what `load_model_file` returns."""
+    model: str                      # npvit model name
+    layout: str                     # the file's key layout: 'cvnets', 'hf' or 'timm'
+    state: dict[str, np.ndarray]    # npvit names, checked against ``model``
+    meta: dict | None               # the file's npvit_meta, None when it has none
+
+    @property
+    def num_classes(self) -> int:
+        bias = self.state.get("head.fc.bias")
+        if bias is None:                              # a segmentation model's classifier
+            bias = self.state["head.classifier.bias"]
+        return int(bias.shape[0])
+
+
+def load_model_file(path, model: str | None = None) -> ModelFile:
+    """Read any checkpoint npvit reads, with its meta when it has one. ``model`` None: the
+    variant named by the meta, else detected from the keys and shapes. A file of another
+    variant than ``model`` is one line saying which it holds."""
+    from ..models import list_models
+    meta = read_model_meta(path)
+    if meta is not None:
+        if meta["model"] not in list_models():
+            raise NpvitError(f"{path}: its {META_KEY} names the model {meta['model']!r}, which "
+                             f"this npvit does not know")
+        if model is not None and model != meta["model"]:
+            raise NpvitError(f"{path} is a {meta['model']} model ({meta['num_classes']} classes), "
+                             f"not {model}")
+        model = meta["model"]
+    try:
+        converted = convert_checkpoint(path, model=model)
+    except NpvitError:
+        if model is None or meta is not None:
+            raise
+        holds = _detected(path)
+        if holds is not None and holds != model:
+            raise NpvitError(f"{path} holds {holds} weights, not {model}") from None
+        raise
+    if meta is not None:
+        rows = int(converted.state["head.fc.bias"].shape[0])
+        if rows != meta["num_classes"]:
+            raise NpvitError(f"{path}: its classifier has {rows} outputs but its {META_KEY} "
+                             f"names {meta['num_classes']} classes")
+    return ModelFile(converted.model, converted.layout, converted.state, meta)
+
+
+def _detected(path) -> str | None:
+    """The variant a checkpoint looks like, or None if it looks like none."""
+    try:
+        return convert_checkpoint(path).model
+    except NpvitError:
+        return None

@@ -1,5 +1,7 @@
 """The official checkpoints (from ``manifest.json``, the one source of truth, shipped inside the
-package) and the checks that tie a state dict to one of npvit's ten variants."""
+package) and the checks that tie a state dict to one of npvit's models: ``OFFICIAL`` holds the
+ten ImageNet-1k classifiers, ``SEGMENTATION`` the segmentation releases, ``DETECTION`` the
+SSDLite COCO detectors; ``official(name)`` finds any of them."""
 from __future__ import annotations
 
 import functools
@@ -14,27 +16,37 @@ from ..errors import NpvitError
 
 @dataclass(frozen=True)
 class Checkpoint:
-    """One official ImageNet-1k checkpoint: where it lives and what it should be."""
+    """One official checkpoint: where it lives and what it should be."""
     name: str                   # npvit / timm model name
     url: str
     file_name: str
-    params: int                 # parameter count of the model
-    top1: float                 # ImageNet-1k top-1 (%) reported by ml-cvnets
+    params: int                 # parameter count of the model (segmentation: without aux head)
+    top1: float | None = None   # ImageNet-1k top-1 (%) reported by ml-cvnets (classifiers)
     sha256: str | None = None   # None: unknown, not checked
     bytes: int | None = None    # None: unknown, not checked
+    task: str = "classification"
+    miou: float | None = None   # mIoU (%) reported by ml-cvnets (segmentation)
+    map: float | None = None    # COCO val2017 box mAP@[.5:.95] (%) reported (detection)
 
 
-def _load_manifest() -> dict[str, Checkpoint]:
+def _load_manifest(section: str) -> dict[str, Checkpoint]:
     text = resources.files(__package__).joinpath("manifest.json").read_text()
-    return {row["name"]: Checkpoint(**row) for row in json.loads(text)["checkpoints"]}
+    return {row["name"]: Checkpoint(**row) for row in json.loads(text)[section]}
 
 
-OFFICIAL: dict[str, Checkpoint] = _load_manifest()
+OFFICIAL: dict[str, Checkpoint] = _load_manifest("checkpoints")
+SEGMENTATION: dict[str, Checkpoint] = _load_manifest("segmentation")
+DETECTION: dict[str, Checkpoint] = _load_manifest("detection")
 
 
 def official(name: str) -> Checkpoint:
+    if name in SEGMENTATION:
+        return SEGMENTATION[name]
+    if name in DETECTION:
+        return DETECTION[name]
     if name not in OFFICIAL:
-        raise NpvitError(f"no official checkpoint for {name!r}; choose one of {', '.join(OFFICIAL)}")
+        raise NpvitError(f"no official checkpoint for {name!r}; choose one of {', '.join(OFFICIAL)} "
+                         f"(segmentation: `npvit models --task segmentation`)")
     return OFFICIAL[name]
 
 
@@ -46,8 +58,9 @@ def expected_shapes(name: str) -> dict[str, tuple]:
 
 
 def _optional(key: str) -> bool:
-    # BatchNorm's step counter does not affect outputs; files may lack it.
-    return key.endswith("num_batches_tracked")
+    # BatchNorm's step counter does not affect outputs; files may lack it. So may the
+    # segmentation releases' train-only aux head (the Hugging Face port drops it).
+    return key.endswith("num_batches_tracked") or key.startswith("aux_head.")
 
 
 def _fits(key: str, shape: tuple, expected: tuple) -> bool:
@@ -60,17 +73,27 @@ def _fits(key: str, shape: tuple, expected: tuple) -> bool:
     return shape == expected
 
 
-def mismatches(state: dict[str, np.ndarray], name: str) -> tuple[list, list, list]:
-    """(missing, unexpected, mis-shaped) keys of ``state`` against model ``name``."""
+def _shape(value) -> tuple:
+    """The shape of an array or of a tensor not yet read (reader.StoredTensor)."""
+    return tuple(value.shape)
+
+
+def mismatches(state: dict, name: str) -> tuple[list, list, list]:
+    """(missing, unexpected, mis-shaped) keys of ``state`` (arrays, or tensors not yet read)
+    against model ``name``."""
+    from ..models import MAX_CLASSES
     expected = expected_shapes(name)
     missing = [k for k in expected if k not in state and not _optional(k)]
     unexpected = [k for k in state if k not in expected]
-    wrong = [f"{k} {_fmt(np.shape(v))} (model: {_fmt(expected[k])})"
-             for k, v in state.items() if k in expected and not _fits(k, tuple(np.shape(v)), expected[k])]
-    if "head.fc.weight" in state and "head.fc.bias" in state and \
-            np.shape(state["head.fc.weight"])[0] != np.shape(state["head.fc.bias"])[0]:
-        wrong.append(f"head.fc.bias {_fmt(np.shape(state['head.fc.bias']))} (head.fc.weight has "
-                     f"{np.shape(state['head.fc.weight'])[0]} rows)")
+    wrong = [f"{k} {_fmt(_shape(v))} (model: {_fmt(expected[k])})"
+             for k, v in state.items() if k in expected and not _fits(k, _shape(v), expected[k])]
+    if "head.fc.weight" in state and "head.fc.bias" in state and not wrong:
+        rows, bias = _shape(state["head.fc.weight"])[0], _shape(state["head.fc.bias"])
+        if bias[0] != rows:
+            wrong.append(f"head.fc.bias {_fmt(bias)} (head.fc.weight has {rows} rows)")
+        elif not 1 <= rows <= MAX_CLASSES:
+            wrong.append(f"head.fc.weight {_fmt(_shape(state['head.fc.weight']))} "
+                         f"(1 to {MAX_CLASSES:,} classes)")
     return missing, unexpected, wrong
 
 
@@ -90,12 +113,14 @@ def detect_model(state: dict[str, np.ndarray], source: str = "checkpoint") -> st
     keys with the file, so that check_state can then say precisely what differs.
     """
     from ..models import list_models
+    from .keymap_segmentation import segmentation_candidates
 
     def score(name):
         expected = expected_shapes(name)
-        return sum(tuple(np.shape(v)) == expected.get(k) for k, v in state.items())
+        return sum(_shape(v) == expected.get(k) for k, v in state.items())
 
-    best = max(list_models(), key=score)
+    detectors = list_models("detection") if any(k.startswith("ssd_heads.") for k in state) else []
+    best = max(segmentation_candidates(state) or detectors or list_models(), key=score)
     if score(best) < 0.5 * len(expected_shapes(best)):
         raise NpvitError(f"{source} does not look like any MobileViT variant npvit knows "
                          f"(at best {score(best)} of {len(expected_shapes(best))} {best} tensors "
@@ -106,7 +131,8 @@ def detect_model(state: dict[str, np.ndarray], source: str = "checkpoint") -> st
 def num_parameters(state: dict[str, np.ndarray]) -> int:
     """Parameters only: BatchNorm running statistics and step counters are buffers."""
     buffers = ("running_mean", "running_var", "num_batches_tracked")
-    return int(sum(np.size(v) for k, v in state.items() if not k.endswith(buffers)))
+    return int(sum(np.prod(_shape(v), dtype=np.int64) for k, v in state.items()
+                   if not k.endswith(buffers)))
 
 
 def _fmt(shape) -> str:
