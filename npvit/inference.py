@@ -35,8 +35,8 @@ from .errors import NpvitError
 from .functional import softmax_forward
 from .models import MobileViTNet, create_model, list_models
 from .nn import no_grad
-from .weights import (cache_dir, convert_checkpoint, load_model_file, local_weights, official,
-                      pretrained_path, read_model_meta)
+from .weights import (cache_dir, convert_cached, convert_checkpoint, load_model_file,
+                      local_weights, official, pretrained_path, read_model_meta)
 from .weights.keymap import LAYOUT_NAMES
 
 # The smallest MobileViTv2 (1.37 M parameters, 70.18% top-1): quick on a laptop CPU, and its
@@ -115,7 +115,7 @@ def load_model(name: str | None = None, weights=None, fallback_random: bool = Fa
             path = pretrained_path(name)   # downloads and converts; offline: one-line NpvitError
         if path is not None:
             model = create_model(name)
-            model.load_state_dict(convert_checkpoint(path, model=name).state)
+            model.load_state_dict(convert_cached(path, name).state)
             source = f"official weights ({path})"
         elif fallback_random:
             model, source = create_model(name, seed=seed), RANDOM_WEIGHTS

@@ -191,19 +191,19 @@ def test_window_merge_inverts_partition_and_they_are_adjoint(b, h, w, window, c)
 
 # --- against PyTorch references written from the papers -------------------------------------------
 def torch_lookup_cross_attention(torch, x, z, w_q, b_q, w_kv, b_kv, w_zo, b_zo, w_zv, b_zv, w_xo,
-                                 b_xo, heads):
+                                 b_xo, heads, mixer=lambda t: t):
     """LookupViT (Koner et al. 2024): one score matrix S = q_z K_x^T / sqrt(d_h) per head;
-    compressed tokens gather with softmax over the lookup tokens, lookup tokens read back the
-    (projected) gathered compressed tokens with softmax over the compressed tokens."""
+    compressed tokens gather with softmax over the lookup tokens, are processed (``mixer``; in
+    a LookupViT block self-attention and an MLP), and the lookup tokens read them back
+    (projected) with the softmax of the same S over the compressed tokens."""
     lin = torch.nn.functional.linear
     b, k, d = x.shape
-    m = z.shape[1]
     split = lambda t: t.reshape(b, t.shape[1], heads, d // heads).transpose(1, 2)
     merge = lambda t: t.transpose(1, 2).reshape(b, t.shape[2], d)
     q = split(lin(z, w_q, b_q))
     key, value = (split(t) for t in lin(x, w_kv, b_kv).chunk(2, dim=-1))
     s = q @ key.transpose(-1, -2) / (d // heads) ** 0.5                  # (B, h, M, k)
-    z_out = lin(merge(torch.softmax(s, dim=-1) @ value), w_zo, b_zo)
+    z_out = mixer(lin(merge(torch.softmax(s, dim=-1) @ value), w_zo, b_zo))
     z_value = split(lin(z_out, w_zv, b_zv))
     x_out = lin(merge(torch.softmax(s, dim=-2).transpose(-1, -2) @ z_value), w_xo, b_xo)
     return x_out, z_out
@@ -215,13 +215,14 @@ LOOKUP_PARAMS = ["q.weight", "q.bias", "kv.weight", "kv.bias", "proj_compressed.
 
 
 @with_torch
-@given(st.integers(1, 2), st.integers(2, 9), st.integers(2, 5), st.sampled_from([1, 2, 4]), dtypes,
-       st.integers(0, 2**16))
-def test_lookup_cross_attention_matches_torch_reference(torch, b, k, m, heads, dtype, seed):
+@given(st.integers(1, 2), st.integers(2, 9), st.integers(2, 5), st.sampled_from([1, 2, 4]), st.booleans(),
+       dtypes, st.integers(0, 2**16))
+def test_lookup_cross_attention_matches_torch_reference(torch, b, k, m, heads, with_mixer, dtype, seed):
     rng = np.random.default_rng(seed)
     d = 2 * heads
     npvit.nn.manual_seed(seed)
-    ours = npvit.nn.LookupCrossAttention(d, heads, num_compressed=m).astype(dtype)
+    mixer = npvit.nn.Linear(d, d) if with_mixer else None     # stands in for a block's layers
+    ours = npvit.nn.LookupCrossAttention(d, heads, num_compressed=m, compressed_mixer=mixer).astype(dtype)
     x = rng.standard_normal((b, k, d)).astype(dtype)
     z = rng.standard_normal((b, m, d)).astype(dtype)
     g_x, g_z = (rng.standard_normal(s).astype(dtype) for s in ((b, k, d), (b, m, d)))
@@ -229,16 +230,18 @@ def test_lookup_cross_attention_matches_torch_reference(torch, b, k, m, heads, d
     z_out = ours.last_compressed
     dx = ours.backward(g_x, g_z)
     params = dict(ours.named_parameters())
-    assert set(params) == set(LOOKUP_PARAMS) | {"compressed_tokens"}
+    names = LOOKUP_PARAMS + (["compressed_mixer.weight", "compressed_mixer.bias"] if with_mixer else [])
+    assert set(params) == set(names) | {"compressed_tokens"}
     f64 = lambda a, grad=True: torch.tensor(a.astype(np.float64), requires_grad=grad)  # as compare()
-    tensors = [f64(params[n].data) for n in LOOKUP_PARAMS]
+    tensors = [f64(params[n].data) for n in names]
     xt, zt = f64(x), f64(z)
-    yt, zt_out = torch_lookup_cross_attention(torch, xt, zt, *tensors, heads)
+    mix = (lambda t: torch.nn.functional.linear(t, *tensors[-2:])) if with_mixer else (lambda t: t)
+    yt, zt_out = torch_lookup_cross_attention(torch, xt, zt, *tensors[:10], heads, mix)
     ((yt * f64(g_x, False)).sum() + (zt_out * f64(g_z, False)).sum()).backward()
     assert rel_err(y, yt.detach().numpy()) <= TOL[dtype]
     assert rel_err(z_out, zt_out.detach().numpy()) <= TOL[dtype]
     pairs = {"dx": (dx, xt.grad.numpy()), "dz": (ours.last_dz, zt.grad.numpy())}
-    pairs.update({n: (params[n].grad, t.grad.numpy()) for n, t in zip(LOOKUP_PARAMS, tensors)})
+    pairs.update({n: (params[n].grad, t.grad.numpy()) for n, t in zip(names, tensors)})
     errors = gradient_errors(pairs, dtype)
     assert max(errors.values()) <= TOL[dtype], errors
 
@@ -295,6 +298,35 @@ def test_mpc_attention_matches_torch_reference(torch, b, k, heads, kind, dtype, 
     pairs = {"dx": (dx, xt.grad.numpy())}
     pairs.update({n: (params[n].grad, t.grad.numpy()) for n, t in zip(names, tensors)})
     errors = gradient_errors(pairs, dtype)
+    assert max(errors.values()) <= TOL[dtype], errors
+
+
+@with_torch
+@given(st.lists(st.sampled_from(["softmax", "relu", "scaling"]), min_size=4, max_size=4), dtypes,
+       st.integers(0, 2**16))
+def test_mpc_heterogeneous_heads_match_torch_reference(torch, kinds, dtype, seed):
+    """A kind per head: each head as the single-kind torch reference computes it."""
+    rng = np.random.default_rng(seed)
+    d, heads, k = 8, 4, 6
+    npvit.nn.manual_seed(seed)
+    ours = npvit.nn.MPCAttention(d, heads, kind=kinds).astype(dtype)
+    x = rng.standard_normal((2, k, d)).astype(dtype)
+    g = rng.standard_normal(x.shape).astype(dtype)
+    y = ours.forward(x)
+    dx = ours.backward(g)
+    f64 = lambda a: torch.tensor(a.astype(np.float64), requires_grad=True)
+    xt = f64(x)
+    w_qkv, w_proj, b_proj = (f64(ours.state_dict()[n]) for n in ("qkv.weight", "proj.weight", "proj.bias"))
+    # head j alone: zero the other heads' output columns, so y = sum_j y_j - (h - 1) b_proj
+    masks = [torch.zeros(d, dtype=torch.float64).index_fill_(0, torch.arange(j * 2, j * 2 + 2), 1.0)
+             for j in range(heads)]
+    yt = sum(torch_mpc_attention(torch, xt, w_qkv, w_proj * masks[j], b_proj, heads, kinds[j])
+             for j in range(heads)) - (heads - 1) * b_proj
+    (yt * torch.tensor(g.astype(np.float64))).sum().backward()
+    assert rel_err(y, yt.detach().numpy()) <= TOL[dtype]
+    errors = gradient_errors({"dx": (dx, xt.grad.numpy()),
+                              "qkv.weight": (ours.qkv.weight.grad, w_qkv.grad.numpy()),
+                              "proj.weight": (ours.proj.weight.grad, w_proj.grad.numpy())}, dtype)
     assert max(errors.values()) <= TOL[dtype], errors
 
 
@@ -400,7 +432,7 @@ def test_lookup_cross_attention_gradients(rng):
     assert len(errors) == 12 and max(errors.values()) < 1e-7, errors
 
 
-@pytest.mark.parametrize("kind", ["softmax", "relu", "scaling"])
+@pytest.mark.parametrize("kind", ["softmax", "relu", "scaling", ("relu", "scaling")])
 def test_mpc_attention_gradients(rng, kind):
     fwd, bwd = wrap_op(lambda **kw: F.mpc_attention_forward(**kw, num_heads=2, kind=kind),
                        F.mpc_attention_backward, ["x", "w_qkv", "b_qkv", "w_proj", "b_proj"])
@@ -424,3 +456,27 @@ def test_modules_reject_bad_shapes_with_one_clear_error():
         npvit.nn.MPCAttention(8, 2, kind="sigmoid")
     with pytest.raises(npvit.errors.NpvitError, match="compressed tokens"):
         npvit.nn.LookupCrossAttention(8, 2).forward(np.zeros((2, 5, 8)), np.zeros((1, 3, 8)))
+
+
+def test_the_attention_of_real_timm_models_loads_one_to_one(torch):
+    """The attention modules inside timm's efficientvit_m0 and tiny_vit_5m_224 (randomised;
+    efficientformer's is built from its class above): their state_dicts load strictly and the
+    outputs and gradients agree."""
+    import timm
+    rng = np.random.default_rng(0)
+    cases = [("efficientvit_m0", "CascadedGroupAttention"), ("tiny_vit_5m_224", "Attention")]
+    for name, cls in cases:
+        model = timm.create_model(name, pretrained=False)
+        theirs = randomise(torch, next(m for m in model.modules() if type(m).__name__ == cls), 0)
+        if name.startswith("efficientvit"):
+            dim = theirs.qkvs[0].conv.in_channels * theirs.num_heads
+            ours = npvit.nn.CascadedGroupAttention(dim, theirs.key_dim, theirs.num_heads, theirs.attn_ratio,
+                                                   theirs.resolution, [d.conv.kernel_size[0] for d in theirs.dws])
+            x = rng.standard_normal((2, dim, theirs.resolution, theirs.resolution))
+        else:
+            dim = theirs.qkv.in_features
+            ours = npvit.nn.TinyViTAttention(dim, theirs.key_dim, theirs.num_heads, theirs.attn_ratio,
+                                             theirs.resolution)
+            x = rng.standard_normal((2, theirs.resolution[0] * theirs.resolution[1], dim))
+        errors = compare(torch, ours, theirs, x, np.float64, rng)
+        assert max(errors.values()) <= 1e-10, (name, errors)

@@ -56,6 +56,23 @@ def cascaded(rng, k):
     return lambda: F.cascaded_group_attention_forward(x, qkvs, dws, conv_bn(D, D, 1), table, index, KEY, dv)
 
 
+def cascaded_in_windows(rng, k):
+    """EfficientViT's use of the unit: k = 49 * n tokens as a 7 x 7n map, n windows of 7 x 7."""
+    dv = D // HEADS
+    conv_bn = lambda c_out, c_in, kernel: (*arrays(rng, (c_out, c_in, kernel, kernel), (c_out,), (c_out,)),
+                                           np.zeros(c_out, np.float32), np.ones(c_out, np.float32))
+    qkvs = [conv_bn(2 * KEY + dv, dv, 1) for _ in range(HEADS)]
+    dws = [conv_bn(KEY, 1, 3) for _ in range(HEADS)]
+    x, table = arrays(rng, (1, WINDOW, k // WINDOW, D), (HEADS, WINDOW * WINDOW))
+    index = F.relative_position_index(WINDOW, WINDOW)
+
+    def run():
+        windows, _ = F.window_partition_forward(x, WINDOW)
+        maps = np.ascontiguousarray(windows.reshape(-1, WINDOW, WINDOW, D).transpose(0, 3, 1, 2))
+        return F.cascaded_group_attention_forward(maps, qkvs, dws, conv_bn(D, D, 1), table, index, KEY, dv)
+    return run
+
+
 def mpc(kind):
     def make(rng, k):
         params = arrays(rng, (1, k, D), (3 * D, D), (3 * D,), (D, D), (D,))
@@ -87,9 +104,11 @@ def test_lookup_cross_attention_work_is_affine_in_k_and_memory_linear():
     assert all(not builds_kxk(c, 2 ** e) for c, e in zip(counters, range(8, 15)))
 
 
-def test_window_attention_does_exactly_twice_the_work_per_doubling():
-    """TinyViT on k = 49 * 2^j tokens: the number of 7 x 7 windows doubles, nothing else."""
-    counters = [counted(tinyvit, 49 * 2 ** j) for j in range(2, 9)]      # k = 196 ... 12544
+@pytest.mark.parametrize("unit", [tinyvit, cascaded_in_windows], ids=["TinyViT", "cascaded-group-7x7"])
+def test_window_attention_does_exactly_twice_the_work_per_doubling(unit):
+    """TinyViT, and cascaded group attention as EfficientViT runs it, on k = 49 * 2^j tokens:
+    the number of 7 x 7 windows doubles, nothing else."""
+    counters = [counted(unit, 49 * 2 ** j) for j in range(2, 9)]        # k = 196 ... 12544
     for a, b in zip(counters, counters[1:]):
         assert b.macs == 2 * a.macs and b.elementwise == 2 * a.elementwise
         assert b.largest.nbytes == 2 * a.largest.nbytes

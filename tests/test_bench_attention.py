@@ -63,3 +63,14 @@ def test_units_all_runs_the_zoo_single_threaded_and_reports_slopes_and_operation
     assert "('openblas', 1)" in text or "pools seen: []" in text
     assert "Load average" in text and "SIMD baseline" in text
     assert "top 5 operations by time at k = 256" in text
+
+
+def test_units_all_rejects_a_width_cascaded_group_attention_cannot_split(tmp_path):
+    single = {v: "1" for v in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS",
+                               "VECLIB_MAXIMUM_THREADS")}
+    out = subprocess.run([sys.executable, "-m", "npvit", "bench", "attention", "--units", "all",
+                          "--dim", "40", "--heads", "4", "--plot", str(tmp_path / "x.png")],
+                         capture_output=True, text=True, env={**single, "PATH": ""})
+    assert out.returncode == 2
+    assert out.stderr.strip().splitlines() == [
+        "npvit: error: --dim 40 / --heads 4 must be a multiple of 16 (cascaded group attention's key_dim)"]

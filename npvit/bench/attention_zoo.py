@@ -8,7 +8,8 @@ with h = 8 heads where the unit has heads:
 * EfficientViT cascaded group attention on a (1, d, H, W) map with H * W = k (H = 2^floor(e/2),
   W = 2^ceil(e/2) for k = 2^e), key_dim 16, val_dim d / h = 64, 5x5 depthwise query convs,
   eval-mode BatchNorm, attention biases over the H x W grid — the unit itself, global over its
-  input (EfficientViT runs it inside 7x7 windows);
+  input; "CGA-7x7" runs it the way EfficientViT does (timm's LocalWindowAttention): on the
+  7x7 windows of the zero-padded map, biases over the 7x7 grid;
 * EfficientFormer attention on k tokens of the same grid, key_dim 32, attn_ratio 4 (timm's
   defaults), biases over the grid;
 * TinyViT: the (1, H, W, d) map zero-padded to multiples of 7 and cut into 7x7 windows,
@@ -37,8 +38,9 @@ from .. import functional as F
 from .. import nn
 from ..opcount import count_ops
 from . import attention as classic
+from ..outputs import save_figure
 
-ZOO_UNITS = ("CGA", "EfficientFormer", "TinyViT", "LookupViT", "MPC-relu", "MPC-scaling")
+ZOO_UNITS = ("CGA", "CGA-7x7", "EfficientFormer", "TinyViT", "LookupViT", "MPC-relu", "MPC-scaling")
 ALL_UNITS = classic.UNITS + ZOO_UNITS
 QUADRATIC = ("MHA", "CGA", "EfficientFormer", "MPC-relu", "MPC-scaling")   # k x k by design
 CGA_KEY_DIM, EF_KEY_DIM, EF_ATTN_RATIO, WINDOW, COMPRESSED = 16, 32, 4, 7, 49
@@ -83,8 +85,26 @@ def make_unit(unit, k, dim, heads, proj_len, rng):
         table = rng.standard_normal((heads, h * w)).astype(np.float32)
         index = F.relative_position_index(h, w)
         fmap = x.reshape(1, h, w, dim).transpose(0, 3, 1, 2).copy()
-        args = (convs(m.qkvs), convs(m.dws), convs([m.proj[1]])[0], table, index, CGA_KEY_DIM, dim // heads)
+        args = (convs(m.qkvs), convs(m.dws), convs([m.proj[1]])[0], table, index, CGA_KEY_DIM,
+                dim // heads)
         return lambda: F.cascaded_group_attention_forward(fmap, *args)
+    if unit == "CGA-7x7":
+        m = nn.CascadedGroupAttention(dim, CGA_KEY_DIM, heads, dim // heads // CGA_KEY_DIM,
+                                      resolution=WINDOW, kernels=(5,) * heads).eval()
+        m.attention_biases.data[:] = rng.standard_normal(m.attention_biases.shape)
+        convs = lambda seq: [(c.conv.weight.data, c.bn.weight.data, c.bn.bias.data, c.bn.running_mean,
+                              c.bn.running_var) for c in seq]
+        args = (convs(m.qkvs), convs(m.dws), convs([m.proj[1]])[0], m.attention_biases.data,
+                m.attention_bias_idxs, CGA_KEY_DIM, dim // heads)
+        fmap = x.reshape(1, h, w, dim)
+
+        def run():
+            windows, _ = F.window_partition_forward(fmap, WINDOW)             # (n, 49, d)
+            maps = np.ascontiguousarray(windows.reshape(-1, WINDOW, WINDOW, dim).transpose(0, 3, 1, 2))
+            y, _ = F.cascaded_group_attention_forward(maps, *args)            # (n, d, 7, 7)
+            tokens = np.ascontiguousarray(y.transpose(0, 2, 3, 1)).reshape(-1, WINDOW * WINDOW, dim)
+            return F.window_merge_forward(tokens, (h, w), WINDOW)
+        return run
     if unit == "EfficientFormer":
         m = nn.EfficientFormerAttention(dim, EF_KEY_DIM, heads, EF_ATTN_RATIO, resolution=1)
         table = rng.standard_normal((heads, h * w)).astype(np.float32)
@@ -203,7 +223,8 @@ def markdown_tables(result) -> str:
         lines = [f"**{title}**", "", "| k | " + " | ".join(ALL_UNITS) + " |",
                  "|" + "---:|" * (1 + len(ALL_UNITS))]
         for k in result.ks:
-            lines.append(f"| {k} | " + " | ".join(_cell(result.get(u, k), what) for u in ALL_UNITS) + " |")
+            cells = " | ".join(_cell(result.get(u, k), what) for u in ALL_UNITS)
+            lines.append(f"| {k} | {cells} |")
         parts.append("\n".join(lines))
     return "\n\n".join(parts)
 
@@ -236,10 +257,20 @@ def operation_time_table(rows_by_unit, k: int, top: int = 5) -> str:
     return "\n".join(lines)
 
 
-def figure(result, large_k: int):
+def plot(result, path, large_k: int) -> None:
+    """Write :func:`figure` to ``path`` (PNG)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig = figure(result)
+    save_figure(fig, path, dpi=90)     # atomically, in the format the ending names
+    plt.close(fig)
+
+
+def figure(result):
     """Fig. 1 (bottom right) extended: log-log latency (left) and largest buffer (right)
-    against k for every unit, the fitted slopes in the legend; returns the matplotlib figure
-    (the caller saves or shows it)."""
+    against k for every unit, the slopes fitted over all k in the legend."""
     import matplotlib.pyplot as plt
 
     fig, (ax_t, ax_m) = plt.subplots(1, 2, figsize=(11, 4.4))
@@ -263,14 +294,3 @@ def figure(result, large_k: int):
         ax.legend(fontsize=7, ncol=2)
     fig.tight_layout()
     return fig
-
-
-def plot(result, path, large_k: int) -> None:
-    """Write ``figure(result, large_k)`` to ``path`` (PNG) without opening a window."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig = figure(result, large_k)
-    fig.savefig(path, dpi=90)
-    plt.close(fig)

@@ -9,6 +9,8 @@ from .attention import (linformer_attention_backward, linformer_attention_forwar
 from .attention_zoo import (biased_attention_backward, biased_attention_forward,
                             cascaded_group_attention_backward, cascaded_group_attention_forward,
                             lookup_cross_attention_backward, lookup_cross_attention_forward,
+                            lookup_gather_backward, lookup_gather_forward, lookup_scatter_backward,
+                            lookup_scatter_forward,
                             mpc_attention_backward, mpc_attention_forward, relative_position_index,
                             tinyvit_attention_backward, tinyvit_attention_forward)
 from .conv import col2im, conv2d_backward, conv2d_forward, im2col

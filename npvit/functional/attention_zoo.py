@@ -91,6 +91,9 @@ def _weights_forward(scores, kind: str):
 
 def _weights_backward(dweights, cache):
     kind, state = cache
+    if kind == "heads":                                  # one cache per head
+        return np.stack([_weights_backward(np.ascontiguousarray(dweights[:, j]), c)
+                         for j, c in enumerate(state)], axis=1)
     if kind == "softmax":
         return softmax_backward(dweights, state)
     if kind == "relu":
@@ -101,9 +104,19 @@ def _weights_backward(dweights, cache):
     return dweights / state                              # scaling: A = s / m
 
 
-def _attention_forward(q, key, v, scale, bias=None, kind: str = "softmax"):
+def _heads_weights_forward(scores, kinds):
+    """MPCViT's heterogeneous attention: head j of scores (B, h, n, m) uses kinds[j]."""
+    weights, caches = np.empty_like(scores), []
+    for j, kind in enumerate(kinds):
+        weights[:, j], cache = _weights_forward(np.ascontiguousarray(scores[:, j]), kind)
+        caches.append(cache)
+    return weights, ("heads", caches)
+
+
+def _attention_forward(q, key, v, scale, bias=None, kind="softmax"):
     """q (B, h, n, dk), key (B, h, m, dk), v (B, h, m, dv), bias (h, n, m) or None:
         s = (scale q) key^T + bias;  A = weights(s) over the m keys;  out = A v  (B, h, n, dv).
+    kind: one of ATTENTION_KINDS for every head, or a sequence of h of them (one per head).
     Returns out, A (B, h, n, m) and the cache."""
     q = q * scale
     opcount.elementwise("q = q * scale", q)
@@ -113,7 +126,10 @@ def _attention_forward(q, key, v, scale, bias=None, kind: str = "softmax"):
     if bias is not None:
         scores += bias
         opcount.elementwise("scores + bias", scores)
-    weights, weights_cache = _weights_forward(scores, kind)
+    if isinstance(kind, str):
+        weights, weights_cache = _weights_forward(scores, kind)
+    else:
+        weights, weights_cache = _heads_weights_forward(scores, kind)
     out = weights @ v
     opcount.matmul("out = A v", weights, v, out)
     return out, weights, (q, key, v, weights, weights_cache, scale, bias is not None)
@@ -242,6 +258,9 @@ def cascaded_group_attention_forward(x, qkvs, dws, proj, attention_biases, bias_
     heads = len(qkvs)
     n = height * width
     splits = np.split(x, heads, axis=1)                  # h times (B, C/h, H, W)
+    # channels (B, ch, H, W) -> tokens as rows (B, 1, N, ch): a "head" axis of size 1, so the
+    # shared attention code applies to one head at a time
+    as_tokens = lambda t: t.reshape(b, 1, t.shape[1], n).swapaxes(-1, -2)
     head_caches, outs, attention = [], [], []
     feat = splits[0]
     for i in range(heads):
@@ -253,8 +272,6 @@ def cascaded_group_attention_forward(x, qkvs, dws, proj, attention_biases, bias_
         kernel = dws[i][0].shape[-1]
         q, dw_cache = _conv_bn_forward(np.ascontiguousarray(q), dws[i], training, momentum, eps,
                                        padding=kernel // 2, groups=key_dim)
-        # tokens as rows, one "head" axis of size 1 so the shared attention code applies
-        as_tokens = lambda t: t.reshape(b, 1, t.shape[1], n).swapaxes(-1, -2)   # (B, 1, N, ch)
         bias = _gather_bias(attention_biases[i:i + 1], bias_index)               # (1, N, N)
         out, weights, sdp_cache = _attention_forward(as_tokens(q), as_tokens(key), as_tokens(v),
                                                      key_dim ** -0.5, bias)
@@ -268,7 +285,7 @@ def cascaded_group_attention_forward(x, qkvs, dws, proj, attention_biases, bias_
     opcount.elementwise("ReLU", activated)
     y, proj_cache = _conv_bn_forward(activated, proj, training, momentum, eps)
     cache = {"heads": head_caches, "proj": proj_cache, "relu_mask": relu_mask,
-             "shape": (b, height, width), "key_dim": key_dim, "val_dim": val_dim,
+             "shape": (b, height, width), "val_dim": val_dim,
              "index": bias_index, "table_size": attention_biases.shape[1], "attention": attention}
     return y, cache
 
@@ -279,19 +296,19 @@ def cascaded_group_attention_backward(dy, cache):
     "attention_biases": (h, T)}. The cascade runs backwards: head i's output feeds both the
     concatenation and head i+1's input, so its gradient is the sum of the two."""
     b, height, width = cache["shape"]
-    key_dim, val_dim = cache["key_dim"], cache["val_dim"]
+    val_dim = cache["val_dim"]
     n = height * width
     dactivated, dproj = _conv_bn_backward(dy, cache["proj"])
     dmerged = relu_backward(dactivated, cache["relu_mask"])
     douts = np.split(dmerged, len(cache["heads"]), axis=1)
     dsplits, dqkvs, ddws, dtables = [], [], [], []
+    as_channels = lambda t: t.swapaxes(-1, -2).reshape(b, t.shape[-1], height, width)  # as_tokens^-1
     dfeat_next = None                                    # d loss / d feat_{i+1}
     for i in reversed(range(len(cache["heads"]))):
         qkv_cache, dw_cache, sdp_cache = cache["heads"][i]
         dout = douts[i] if dfeat_next is None else douts[i] + dfeat_next
         dout_tokens = dout.reshape(b, 1, val_dim, n).swapaxes(-1, -2)             # (B, 1, N, dv)
         dq, dkey, dv, dbias = _attention_backward(dout_tokens, sdp_cache)
-        as_channels = lambda t: t.swapaxes(-1, -2).reshape(b, t.shape[-1], height, width)
         dq, ddw = _conv_bn_backward(np.ascontiguousarray(as_channels(dq)), dw_cache)
         dqkv = np.concatenate([dq, as_channels(dkey), as_channels(dv)], axis=1)
         dfeat, dqkv_params = _conv_bn_backward(dqkv, qkv_cache)
@@ -307,19 +324,15 @@ def cascaded_group_attention_backward(dy, cache):
 
 
 # --- LookupViT: bidirectional cross-attention ---------------------------------------------------
-def lookup_cross_attention_forward(x, z, w_q, b_q, w_kv, b_kv, w_z_out, b_z_out, w_z_value,
-                                   b_z_value, w_x_out, b_x_out, num_heads: int):
-    """LookupViT's multi-head bidirectional cross-attention between k lookup tokens x (B, k, d)
-    and M compressed tokens z (B, M, d), with ONE score matrix per head used both ways:
+def lookup_gather_forward(x, z, w_q, b_q, w_kv, b_kv, w_z_out, b_z_out, num_heads: int):
+    """LookupViT's first direction (lookup -> compressed): M compressed tokens z (B, M, d)
+    query the k lookup tokens x (B, k, d):
         q = z W_q^T + b;  [K | V] = x W_kv^T + b                 (B, M, d), (B, k, 2d)
         S = q K^T / sqrt(d/h) per head                           (B, h, M, k)
-        gather (lookup -> compressed):  z_out = concat_h(softmax_k(S) V) W_z_out^T + b    (B, M, d)
-        scatter (compressed -> lookup): V_z = z_out W_z_value^T + b
-                                        x_out = concat_h(softmax_M(S)^T V_z) W_x_out^T + b (B, k, d)
-    w_q (d, d), w_kv (2d, d), w_z_out, w_z_value, w_x_out (d, d); biases (.,) or None.
-    Every array is O(k d) or O(k M): nothing is k x k.
-    Returns (x_out, z_out) and the cache; cache["gather"] is softmax_k(S) (B, h, M, k) and
-    cache["scatter"] softmax_M(S) (B, h, M, k).
+        z_out = concat_h(softmax_k(S) V) W_z_out^T + b           (B, M, d)
+    w_q (d, d), w_kv (2d, d), w_z_out (d, d); biases (.,) or None.
+    Returns z_out and the cache; cache["scores"] is S, which :func:`lookup_scatter_forward`
+    uses for the way back (and overwrites with its own softmax), cache["gather"] softmax_k(S).
     """
     d = x.shape[-1]
     q, q_cache = linear_forward(z, w_q, b_q)
@@ -339,27 +352,91 @@ def lookup_cross_attention_forward(x, z, w_q, b_q, w_kv, b_kv, w_z_out, b_z_out,
     opcount.elementwise("softmax over lookup tokens", gather, kind="softmax")
     gathered = gather @ value_h                          # (B, h, M, dh)
     opcount.matmul("gathered = softmax_k(S) V", gather, value_h, gathered)
-    merged_z = _merge_heads(gathered)
-    opcount.copy("concatenate heads (compressed)", merged_z)
-    z_out, z_out_cache = linear_forward(merged_z, w_z_out, b_z_out)
+    merged = _merge_heads(gathered)
+    opcount.copy("concatenate heads (compressed)", merged)
+    z_out, z_out_cache = linear_forward(merged, w_z_out, b_z_out)
     opcount.linear("z_out = heads W_z_out^T + b", w_z_out, z_out, b_z_out)
-    z_value, z_value_cache = linear_forward(z_out, w_z_value, b_z_value)
-    opcount.linear("V_z = z_out W_z_value^T + b", w_z_value, z_value, b_z_value)
-    z_value_h = _split_heads(z_value, num_heads)         # (B, h, M, dh)
-    scatter, scatter_cache = softmax_forward(scores, axis=-2, inplace=True)   # over M compressed
+    cache = {"q": q_cache, "kv": kv_cache, "q_h": q_h, "key_h": key_h, "value_h": value_h,
+             "scale": scale, "scores": scores, "gather": gather, "gather_softmax": gather_cache,
+             "z_out": z_out_cache, "num_heads": num_heads}
+    return z_out, cache
+
+
+def lookup_gather_backward(dz_out, dscores, cache):
+    """dz_out (B, M, d) and dscores (B, h, M, k), the gradient the way back sends into the
+    shared S (None if none) -> (dx, dz, dw_q, db_q, dw_kv, db_kv, dw_z_out, db_z_out)."""
+    h = cache["num_heads"]
+    dmerged, dw_z_out, db_z_out = linear_backward(dz_out, cache["z_out"])
+    dgathered = _split_heads(dmerged, h)                 # (B, h, M, dh)
+    dvalue_h = cache["gather"].swapaxes(-1, -2) @ dgathered
+    dgather = dgathered @ cache["value_h"].swapaxes(-1, -2)
+    dscores_gather = softmax_backward(dgather, cache["gather_softmax"])
+    dscores = dscores_gather if dscores is None else dscores + dscores_gather   # S feeds both
+    dq_h = (dscores @ cache["key_h"]) * cache["scale"]
+    dkey_h = dscores.swapaxes(-1, -2) @ cache["q_h"]
+    dkv = np.concatenate([_merge_heads(dkey_h), _merge_heads(dvalue_h)], axis=-1)
+    dz, dw_q, db_q = linear_backward(_merge_heads(dq_h), cache["q"])
+    dx, dw_kv, db_kv = linear_backward(dkv, cache["kv"])
+    return dx, dz, dw_q, db_q, dw_kv, db_kv, dw_z_out, db_z_out
+
+
+def lookup_scatter_forward(z, gather_cache, w_z_value, b_z_value, w_x_out, b_x_out):
+    """LookupViT's way back (compressed -> lookup) through the SAME scores S as the gather
+    (``gather_cache`` of :func:`lookup_gather_forward`), now normalised over the M compressed
+    tokens: every lookup token reads a distribution over them.
+        V_z = z W_z_value^T + b;  x_out = concat_h(softmax_M(S)^T V_z) W_x_out^T + b    (B, k, d)
+    z (B, M, d): the compressed tokens after the gather (in a LookupViT block, after their
+    own self-attention and MLP too). Returns x_out and the cache; cache["scatter"] is
+    softmax_M(S) (B, h, M, k).
+    """
+    h = gather_cache["num_heads"]
+    z_value, z_value_cache = linear_forward(z, w_z_value, b_z_value)
+    opcount.linear("V_z = z W_z_value^T + b", w_z_value, z_value, b_z_value)
+    z_value_h = _split_heads(z_value, h)                 # (B, h, M, dh)
+    scatter, scatter_cache = softmax_forward(gather_cache["scores"], axis=-2, inplace=True)
     opcount.elementwise("softmax over compressed tokens", scatter, kind="softmax")
     scatter_t = scatter.swapaxes(-1, -2)                 # (B, h, k, M)
     scattered = scatter_t @ z_value_h                    # (B, h, k, dh)
     opcount.matmul("scattered = softmax_M(S)^T V_z", scatter_t, z_value_h, scattered)
-    merged_x = _merge_heads(scattered)
-    opcount.copy("concatenate heads (lookup)", merged_x)
-    x_out, x_out_cache = linear_forward(merged_x, w_x_out, b_x_out)
+    merged = _merge_heads(scattered)
+    opcount.copy("concatenate heads (lookup)", merged)
+    x_out, x_out_cache = linear_forward(merged, w_x_out, b_x_out)
     opcount.linear("x_out = heads W_x_out^T + b", w_x_out, x_out, b_x_out)
-    cache = {"q": q_cache, "kv": kv_cache, "q_h": q_h, "key_h": key_h, "value_h": value_h,
-             "scale": scale, "gather": gather, "gather_softmax": gather_cache,
-             "scatter": scatter, "scatter_softmax": scatter_cache, "z_out": z_out_cache,
-             "z_value": z_value_cache, "z_value_h": z_value_h, "x_out": x_out_cache,
-             "num_heads": num_heads}
+    cache = {"z_value": z_value_cache, "z_value_h": z_value_h, "scatter": scatter,
+             "scatter_softmax": scatter_cache, "x_out": x_out_cache, "num_heads": h}
+    return x_out, cache
+
+
+def lookup_scatter_backward(dx_out, cache):
+    """dx_out (B, k, d) -> (dz, dscores (B, h, M, k) for :func:`lookup_gather_backward`,
+    dw_z_value, db_z_value, dw_x_out, db_x_out)."""
+    dmerged, dw_x_out, db_x_out = linear_backward(dx_out, cache["x_out"])
+    dscattered = _split_heads(dmerged, cache["num_heads"])              # (B, h, k, dh)
+    # scattered = A_s^T V_z with A_s (B, h, M, k):  dV_z = A_s dscattered, dA_s = V_z dscattered^T
+    dz_value_h = cache["scatter"] @ dscattered
+    dscatter = cache["z_value_h"] @ dscattered.swapaxes(-1, -2)
+    dscores = softmax_backward(dscatter, cache["scatter_softmax"])
+    dz, dw_z_value, db_z_value = linear_backward(_merge_heads(dz_value_h), cache["z_value"])
+    return dz, dscores, dw_z_value, db_z_value, dw_x_out, db_x_out
+
+
+def lookup_cross_attention_forward(x, z, w_q, b_q, w_kv, b_kv, w_z_out, b_z_out, w_z_value,
+                                   b_z_value, w_x_out, b_x_out, num_heads: int):
+    """LookupViT's multi-head bidirectional cross-attention between k lookup tokens x (B, k, d)
+    and M compressed tokens z (B, M, d), ONE score matrix S (B, h, M, k) per head used both
+    ways: :func:`lookup_gather_forward` then :func:`lookup_scatter_forward` on its z_out
+    (the attention unit on its own: a LookupViT block runs the compressed tokens through
+    self-attention and an MLP between the two, see ``npvit.nn.LookupCrossAttention``).
+    Every array is O(k d) or O(k M): nothing is k x k.
+    Returns (x_out (B, k, d), z_out (B, M, d)) and the cache; cache["gather"] is softmax_k(S),
+    cache["scatter"] softmax_M(S), both (B, h, M, k).
+    """
+    z_out, gather_cache = lookup_gather_forward(x, z, w_q, b_q, w_kv, b_kv, w_z_out, b_z_out,
+                                                num_heads)
+    x_out, scatter_cache = lookup_scatter_forward(z_out, gather_cache, w_z_value, b_z_value,
+                                                  w_x_out, b_x_out)
+    cache = {"gather_cache": gather_cache, "scatter_cache": scatter_cache,
+             "gather": gather_cache["gather"], "scatter": scatter_cache["scatter"]}
     return (x_out, z_out), cache
 
 
@@ -367,39 +444,25 @@ def lookup_cross_attention_backward(dx_out, dz_out, cache):
     """dx_out (B, k, d) and dz_out (B, M, d) (None: z_out feeds nothing else) ->
     (dx, dz, dw_q, db_q, dw_kv, db_kv, dw_z_out, db_z_out, dw_z_value, db_z_value,
     dw_x_out, db_x_out)."""
-    h = cache["num_heads"]
-    dmerged_x, dw_x_out, db_x_out = linear_backward(dx_out, cache["x_out"])
-    dscattered = _split_heads(dmerged_x, h)              # (B, h, k, dh)
-    # scattered = A_s^T V_z with A_s (B, h, M, k):  dV_z = A_s dscattered, dA_s = V_z dscattered^T
-    dz_value_h = cache["scatter"] @ dscattered
-    dscatter = cache["z_value_h"] @ dscattered.swapaxes(-1, -2)
-    dscores = softmax_backward(dscatter, cache["scatter_softmax"])
-    dz_value = _merge_heads(dz_value_h)
-    dz_from_value, dw_z_value, db_z_value = linear_backward(dz_value, cache["z_value"])
-    dz_total = dz_from_value if dz_out is None else dz_from_value + dz_out
-    dmerged_z, dw_z_out, db_z_out = linear_backward(dz_total, cache["z_out"])
-    dgathered = _split_heads(dmerged_z, h)               # (B, h, M, dh)
-    dvalue_h = cache["gather"].swapaxes(-1, -2) @ dgathered
-    dgather = dgathered @ cache["value_h"].swapaxes(-1, -2)
-    dscores += softmax_backward(dgather, cache["gather_softmax"])     # S feeds both softmaxes
-    dq_h = (dscores @ cache["key_h"]) * cache["scale"]
-    dkey_h = dscores.swapaxes(-1, -2) @ cache["q_h"]
-    dq = _merge_heads(dq_h)
-    dkv = np.concatenate([_merge_heads(dkey_h), _merge_heads(dvalue_h)], axis=-1)
-    dz, dw_q, db_q = linear_backward(dq, cache["q"])
-    dx, dw_kv, db_kv = linear_backward(dkv, cache["kv"])
+    dz_mid, dscores, dw_z_value, db_z_value, dw_x_out, db_x_out = lookup_scatter_backward(
+        dx_out, cache["scatter_cache"])
+    dz_total = dz_mid if dz_out is None else dz_mid + dz_out
+    dx, dz, dw_q, db_q, dw_kv, db_kv, dw_z_out, db_z_out = lookup_gather_backward(
+        dz_total, dscores, cache["gather_cache"])
     return (dx, dz, dw_q, db_q, dw_kv, db_kv, dw_z_out, db_z_out, dw_z_value, db_z_value,
             dw_x_out, db_x_out)
 
 
 # --- MPCViT: multi-head attention with a softmax, ReLU softmax or scaling -----------------------
-def mpc_attention_forward(x, w_qkv, b_qkv, w_proj, b_proj, num_heads: int, kind: str = "relu"):
+def mpc_attention_forward(x, w_qkv, b_qkv, w_proj, b_proj, num_heads: int, kind="relu"):
     """MPCViT's attention heads (Zeng et al. 2023): timm-style multi-head self-attention
     (fused qkv (3d, d) with rows [q | k | v], output projection (d, d)) whose weights are
         softmax:  A = softmax(s)                       (the baseline ViT head)
         relu:     A = ReLU(s) / (sum_keys ReLU(s) + eps),  eps = 1e-5   ("ReLU softmax")
         scaling:  A = s / k                            ("scaling attention", k = tokens)
-    with s = q k^T / sqrt(d/h). x (B, k, d) -> y (B, k, d), the cache; cache["attention"] is A.
+    with s = q k^T / sqrt(d/h). ``kind`` names one for all heads, or is a sequence of
+    num_heads names: MPCViT's searched "heterogeneous" attention, each head its own kind.
+    x (B, k, d) -> y (B, k, d), the cache; cache["attention"] is A.
     """
     qkv, qkv_cache = linear_forward(x, w_qkv, b_qkv)
     opcount.linear("q, k, v = x W_qkv^T + b", w_qkv, qkv, b_qkv)

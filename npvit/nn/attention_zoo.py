@@ -52,12 +52,14 @@ class CascadedGroupAttention(Module):
         if len(kernels) < num_heads:
             raise NpvitError(f"CascadedGroupAttention needs one kernel per head: {num_heads} heads, "
                              f"kernels {tuple(kernels)}")
-        self.num_heads, self.key_dim, self.val_dim, self.resolution = num_heads, key_dim, val_dim, resolution
+        self.num_heads, self.key_dim, self.val_dim = num_heads, key_dim, val_dim
+        self.resolution = resolution
         self.qkvs = Sequential(*[ConvNormAct(dim // num_heads, 2 * key_dim + val_dim, 1, act=False,
                                              dtype=dtype) for _ in range(num_heads)])
         self.dws = Sequential(*[ConvNormAct(key_dim, key_dim, kernels[i], groups=key_dim, act=False,
                                             dtype=dtype) for i in range(num_heads)])
-        self.proj = Sequential(ReLU(), ConvNormAct(val_dim * num_heads, dim, 1, act=False, dtype=dtype))
+        self.proj = Sequential(ReLU(), ConvNormAct(val_dim * num_heads, dim, 1, act=False,
+                                                   dtype=dtype))
         self.proj[1].bn.weight.data[:] = 0               # timm: bn_weight_init=0
         self.attention_biases = Parameter(np.zeros((num_heads, resolution * resolution), dtype))
         self.attention_bias_idxs = Z.relative_position_index(resolution, resolution)
@@ -171,7 +173,8 @@ class TinyViTAttention(_BiasedAttention):
     def __init__(self, dim, key_dim, num_heads=8, attn_ratio=4, resolution=(14, 14),
                  dtype=np.float32):
         if not (isinstance(resolution, tuple) and len(resolution) == 2):
-            raise NpvitError(f"TinyViTAttention's resolution is a (rows, cols) tuple, got {resolution!r}")
+            raise NpvitError(f"TinyViTAttention's resolution is a (rows, cols) tuple, "
+                             f"got {resolution!r}")
         super().__init__(dim, key_dim, num_heads, attn_ratio, *resolution, dtype)
         self.norm = LayerNorm(dim, dtype=dtype)
         self.attention_bias_idxs = Z.relative_position_index(*resolution)
@@ -199,12 +202,17 @@ class LookupCrossAttention(Module):
     ``forward(x, z=None)``: z (B, M, dim) are the compressed tokens; without z the module's own
     ``compressed_tokens`` (M, dim) are used for every sample (learned, like Perceiver latents;
     in LookupViT the first block's compressed tokens are a resized patch grid and each later
-    block receives the previous block's). The updated compressed tokens are ``last_compressed``
-    (B, M, dim). ``backward(dy, dz=None)`` -> dx; the gradient for a given z is ``last_dz``.
-    Parameters: ``q`` (compressed queries), ``kv`` (lookup keys and values), ``proj_compressed``,
-    ``value_compressed`` and ``proj_lookup`` (all Linear)."""
+    block receives the previous block's). ``compressed_mixer``, any Module on (B, M, dim) such
+    as a ``TransformerLayer``, runs on the compressed tokens between the gather and the way
+    back, as in a LookupViT block; without it the way back reads the gathered tokens directly.
+    The compressed tokens after the mixer are ``last_compressed`` (B, M, dim).
+    ``backward(dy, dz=None)`` -> dx, where dz is the gradient for ``last_compressed``; the
+    gradient for a given z is ``last_dz``. Parameters: ``q`` (compressed queries), ``kv``
+    (lookup keys and values), ``proj_compressed``, ``value_compressed`` and ``proj_lookup``
+    (all Linear), ``compressed_tokens``, and the mixer's."""
 
-    def __init__(self, dim, num_heads=8, num_compressed=49, dtype=np.float32):
+    def __init__(self, dim, num_heads=8, num_compressed=49, compressed_mixer=None,
+                 dtype=np.float32):
         super().__init__()
         if dim % num_heads:
             raise NpvitError(f"dim {dim} is not divisible by num_heads {num_heads}")
@@ -216,6 +224,7 @@ class LookupCrossAttention(Module):
         self.proj_lookup = Linear(dim, dim, dtype=dtype)
         self.compressed_tokens = Parameter((0.02 * generator().standard_normal((num_compressed, dim))
                                             ).astype(dtype))
+        self.compressed_mixer = compressed_mixer
         self.last_compressed = self.last_dz = None
         self.last_attention = None
         self.record = False
@@ -224,24 +233,33 @@ class LookupCrossAttention(Module):
         _check_tokens(self, x, self.dim)
         own = z is None
         if own:
-            z = np.broadcast_to(self.compressed_tokens.data, (x.shape[0], *self.compressed_tokens.shape))
+            tokens = self.compressed_tokens.data
+            z = np.broadcast_to(tokens, (x.shape[0], *tokens.shape))
         elif z.ndim != 3 or z.shape[0] != x.shape[0] or z.shape[2] != self.dim:
             raise NpvitError(f"LookupCrossAttention expects compressed tokens (B, M, {self.dim}) "
                              f"with B = {x.shape[0]}, got {z.shape}")
-        (x_out, z_out), cache = F.lookup_cross_attention_forward(
+        z_out, gather_cache = F.lookup_gather_forward(
             x, z, self.q.weight.data, _bias(self.q), self.kv.weight.data, _bias(self.kv),
-            self.proj_compressed.weight.data, _bias(self.proj_compressed),
-            self.value_compressed.weight.data, _bias(self.value_compressed),
-            self.proj_lookup.weight.data, _bias(self.proj_lookup), self.num_heads)
+            self.proj_compressed.weight.data, _bias(self.proj_compressed), self.num_heads)
+        self.last_attention = _kept(self, gather_cache["gather"])
+        if self.compressed_mixer is not None:
+            z_out = self.compressed_mixer.forward(z_out)
+        x_out, scatter_cache = F.lookup_scatter_forward(
+            z_out, gather_cache, self.value_compressed.weight.data, _bias(self.value_compressed),
+            self.proj_lookup.weight.data, _bias(self.proj_lookup))
         self.last_compressed = z_out
-        self.last_attention = _kept(self, cache["gather"])
-        self.save_cache((cache, own))
+        self.save_cache((gather_cache, scatter_cache, own))
         return x_out
 
     def backward(self, dy, dz=None):
-        cache, own = self.pop_cache()
-        (dx, dz_in, dw_q, db_q, dw_kv, db_kv, dw_pc, db_pc, dw_vc, db_vc, dw_pl, db_pl
-         ) = F.lookup_cross_attention_backward(dy, dz, cache)
+        gather_cache, scatter_cache, own = self.pop_cache()
+        dz_mixed, dscores, dw_vc, db_vc, dw_pl, db_pl = F.lookup_scatter_backward(dy, scatter_cache)
+        if dz is not None:
+            dz_mixed = dz_mixed + dz
+        if self.compressed_mixer is not None:
+            dz_mixed = self.compressed_mixer.backward(dz_mixed)
+        dx, dz_in, dw_q, db_q, dw_kv, db_kv, dw_pc, db_pc = F.lookup_gather_backward(
+            dz_mixed, dscores, gather_cache)
         for layer, dw, db in ((self.q, dw_q, db_q), (self.kv, dw_kv, db_kv),
                               (self.proj_compressed, dw_pc, db_pc),
                               (self.value_compressed, dw_vc, db_vc), (self.proj_lookup, dw_pl, db_pl)):
@@ -254,20 +272,25 @@ class LookupCrossAttention(Module):
         return dx
 
     def extra_repr(self):
-        return f"dim={self.dim}, num_heads={self.num_heads}, num_compressed={self.compressed_tokens.shape[0]}"
+        return (f"dim={self.dim}, num_heads={self.num_heads}, "
+                f"num_compressed={self.compressed_tokens.shape[0]}")
 
 
 class MPCAttention(Module):
     """MPCViT's attention: tokens (B, k, dim) -> (B, k, dim), multi-head self-attention whose
-    softmax is ``kind`` = "softmax", "relu" (ReLU softmax) or "scaling" (scaling attention);
+    softmax is ``kind`` = "softmax", "relu" (ReLU softmax) or "scaling" (scaling attention),
+    or a sequence of num_heads of these (MPCViT's heterogeneous attention, a kind per head);
     ``qkv`` (3 dim, dim; bias only with qkv_bias, as MPCViT's code has none) and ``proj``."""
 
     def __init__(self, dim, num_heads=8, kind="relu", qkv_bias=False, dtype=np.float32):
         super().__init__()
         if dim % num_heads:
             raise NpvitError(f"dim {dim} is not divisible by num_heads {num_heads}")
-        if kind not in Z.ATTENTION_KINDS:
-            raise NpvitError(f"MPCAttention kind must be one of {', '.join(Z.ATTENTION_KINDS)}, got {kind!r}")
+        kinds = [kind] if isinstance(kind, str) else list(kind)
+        if any(k not in Z.ATTENTION_KINDS for k in kinds) or len(kinds) not in (1, num_heads):
+            raise NpvitError(f"MPCAttention kind must be one of {', '.join(Z.ATTENTION_KINDS)} or a "
+                             f"list of {num_heads} of them (one per head), got {kind!r}")
+        kind = kind if isinstance(kind, str) else tuple(kinds)
         self.dim, self.num_heads, self.kind = dim, num_heads, kind
         self.qkv = Linear(dim, 3 * dim, bias=qkv_bias, dtype=dtype)
         self.proj = Linear(dim, dim, dtype=dtype)
