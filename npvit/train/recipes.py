@@ -3,15 +3,15 @@ starts from, chosen as a whole with ``--recipe`` and overridden one by one with 
 
 imagenet   ml-cvnets' ImageNet-1k recipe for MobileViT (config/classification/imagenet/
            mobilevit*.yaml): random resized crop of 8-100 % of the image area, horizontal flip,
-           label smoothing 0.1, AdamW with weight decay 0.05 (ml-cvnets: v1 0.01, v2 0.05),
-           validation on the short side resized to size + 32 and centre-cropped. Right for
-           large, varied data; from scratch on a few hundred images it throws too much away
-           (a crop of 8 % of the image often misses the object) and learns slowly.
+           label smoothing 0.1, AdamW with weight decay 0.05 (ml-cvnets: v1 0.01, v2 0.05).
+           Right for large, varied data; from scratch on a few hundred images it throws too
+           much away (a crop of 8 % of the image often misses the object) and learns slowly.
 small      from scratch on small data (hundreds to a few thousand images), chosen by measurement
            on the synthetic shapes task (docs/training_small_data.md has the runs): milder
-           crops, no label smoothing, a larger learning rate and less weight decay, and
-           validation on the whole image (resized to size, no margin cropped away), so an object
-           near the border is still seen.
+           crops, no label smoothing, a larger learning rate and less weight decay.
+Both validate as npvit predict and eval run the model: short side to size + 32, centre crop
+(measured on the synthetic task: cropping that margin away costs nothing, 99.0 % against
+98.5 % on the whole image, mobilevit_xxs, 200 held-out images).
 
 The peak learning rate depends on what trains: ``lr`` from scratch or for a new head on a
 frozen backbone, ``finetune_lr`` when every layer of loaded weights trains (gentle, so the
@@ -33,14 +33,13 @@ class Recipe:
     label_smoothing: float
     crop_scale: tuple[float, float]   # random resized crop: share of the image area (min, max)
     flip: bool                        # random horizontal flip
-    eval_margin: int                  # validation: short side to size + eval_margin, centre crop
 
 
 RECIPES = {r.name: r for r in (
     Recipe("imagenet", lr=1e-3, finetune_lr=2e-4, weight_decay=0.05, label_smoothing=0.1,
-           crop_scale=(0.08, 1.0), flip=True, eval_margin=32),
+           crop_scale=(0.08, 1.0), flip=True),
     Recipe("small", lr=2e-3, finetune_lr=2e-4, weight_decay=0.01, label_smoothing=0.0,
-           crop_scale=(0.5, 1.0), flip=True, eval_margin=0),
+           crop_scale=(0.5, 1.0), flip=True),
 )}
 
 
