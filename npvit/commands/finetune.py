@@ -43,7 +43,6 @@ from pathlib import Path
 import numpy as np
 
 from ..data import MIN_SIDE, default_pipeline
-from ..data.preprocess import RESIZE_MARGIN
 from ..errors import NpvitError
 from ..inference import check_size
 from ..models import create_model, list_models
@@ -62,7 +61,7 @@ from ..weights import (detect_model, model_meta, pretrained_path, read_checkpoin
 # None here means "the recipe's value" (npvit.train.recipes).
 DEFAULTS = {"model": None, "weights": "", "recipe": "imagenet", "epochs": 10, "lr": None,
             "batch_size": 32, "size": 256, "weight_decay": None, "label_smoothing": None,
-            "crop_scale_min": None, "crop_scale_max": None, "flip": None,
+            "crop_scale_min": None, "crop_scale_max": None, "flip": None, "eval_margin": None,
             "freeze_backbone": False, "val_fraction": 0.2, "seed": 0}
 MAX_SEED = 2**32 - 1
 
@@ -83,7 +82,7 @@ def fill_from_recipe(settings: dict) -> dict:
                      "weight_decay": recipe.weight_decay,
                      "label_smoothing": recipe.label_smoothing,
                      "crop_scale_min": recipe.crop_scale[0], "crop_scale_max": recipe.crop_scale[1],
-                     "flip": recipe.flip}
+                     "flip": recipe.flip, "eval_margin": recipe.eval_margin}
     return {k: recipe_values[k] if v is None and k in recipe_values else v
             for k, v in settings.items()}
 
@@ -200,7 +199,7 @@ def write_epoch(folder: RunFolder, model, opt, sched, settings, classes, history
     folder.write("checkpoint.npz", lambda f: np.savez(f, **arrays))
     # resize_size: predict/eval/scoremap must prepare images as the validation did
     meta = model_meta(settings["model"], classes, settings["size"], pipeline,
-                      resize_size=settings["size"] + RESIZE_MARGIN)
+                      resize_size=settings["size"] + settings["eval_margin"])
     write_model_npz(folder.file("model.npz"), model.state_dict(), meta)
     lrs = [sched.lr_at(t) for t in range(sched.total_steps)]
     fig = training_curves(history, lrs, steps_per_epoch, len(classes),
@@ -236,7 +235,9 @@ def run(args) -> int:
     train_loader = ImageLoader(split.train, train_transform(pipeline, size, crop_scale,
                                                             settings["flip"]),
                                batch_size, shuffle=True, drop_last=True, seed=seed)
-    val_loader = ImageLoader(split.val, eval_transform(pipeline, size), batch_size)
+    val_loader = ImageLoader(split.val, eval_transform(pipeline, size,
+                                                       size + settings["eval_margin"]),
+                             batch_size)
 
     if settings["freeze_backbone"]:
         trained = list(model.head.fc.named_parameters("head.fc"))
@@ -334,7 +335,8 @@ def add_parser(sub):
                         f"crop scale {small.crop_scale[0]:g}-{small.crop_scale[1]:g}"
                         f"{', flip' if small.flip else ', no flip'}, label smoothing "
                         f"{small.label_smoothing:g}, weight decay {small.weight_decay:g}, lr "
-                        f"{small.lr:g}. The flags below override single values")
+                        f"{small.lr:g}, validation on the whole image. The flags below "
+                        f"override single values")
     p.add_argument("--epochs", type=int, help="default 10")
     p.add_argument("--lr", type=float, help="peak learning rate, in (0, 1] (default: the "
                                             "recipe's; 2e-4 when fine-tuning all layers of "
