@@ -10,7 +10,6 @@ OrderedDict())`` calls), so each hostile file differs from an honest one only in
 from __future__ import annotations
 
 import os
-import resource
 import signal
 import struct
 import subprocess
@@ -119,17 +118,6 @@ def npy_bytes(descr: str, shape: tuple, payload: bytes) -> bytes:
 
 
 # --- running a child under limits ------------------------------------------------------------
-def limited(address_space: int, close_stderr: bool = False):
-    """preexec_fn: cap the child's address space (so a memory bomb fails fast instead of
-    thrashing the machine), forbid core dumps, optionally close fd 2."""
-    def set_limits():
-        resource.setrlimit(resource.RLIMIT_AS, (address_space, address_space))
-        resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
-        if close_stderr:
-            os.close(2)
-    return set_limits
-
-
 class Result:
     def __init__(self, returncode, stdout, stderr, peak_rss, seconds):
         self.returncode, self.stdout, self.stderr = returncode, stdout, stderr
@@ -140,33 +128,56 @@ class Result:
                 f"{self.seconds:.1f} s, stdout={self.stdout[-2000:]!r}, stderr={self.stderr[-2000:]!r})")
 
 
+# A fork of the test process would start with the test process's resident pages, and Linux
+# carries that high-water mark across exec into the child's ru_maxrss (831 MiB after the
+# model tests had run). So a small launcher, itself a fresh interpreter, forks and execs the
+# command under the limits and reports exactly its child's wait4 status and rusage.
+_LAUNCHER = """
+import os, resource, sys
+report, limit, close_stderr = sys.argv[1], int(sys.argv[2]), sys.argv[3] == "1"
+pid = os.fork()
+if pid == 0:
+    try:
+        resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+        resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+        if close_stderr:
+            os.close(2)
+        os.execv(sys.argv[4], sys.argv[4:])
+    finally:
+        os._exit(127)
+_, status, usage = os.wait4(pid, 0)
+with open(report, "w") as f:
+    f.write(f"{status} {usage.ru_maxrss}")
+"""
+
+
 def run(argv, tmp_path: Path, timeout: float = 60, address_space: int = 3 * 2**30, env=None,
         close_stderr: bool = False, cwd=None) -> Result:
-    """Run ``python argv`` and return its exit code, output, and its own peak RSS (from
-    wait4's rusage of exactly this child). A child still running at ``timeout`` is killed and
-    the test fails: a hang is a bug."""
-    out_path, err_path = tmp_path / f".out-{time.monotonic_ns()}", tmp_path / f".err-{time.monotonic_ns()}"
+    """Run ``python argv`` under ``address_space`` and return its exit code, output, and its own
+    peak RSS (wait4's rusage of exactly that process, taken by the launcher). A command still
+    running at ``timeout`` is killed with its launcher and the test fails: a hang is a bug."""
+    stamp = time.monotonic_ns()
+    out_path, err_path = tmp_path / f".out-{stamp}", tmp_path / f".err-{stamp}"
+    report = tmp_path / f".rusage-{stamp}"
     environment = {**os.environ, "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1",
                    "MKL_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).resolve().parents[1]),
                    **(env or {})}
+    command = [sys.executable, "-c", _LAUNCHER, str(report), str(address_space),
+               "1" if close_stderr else "0", sys.executable, *map(str, argv)]
     start = time.monotonic()
     with open(out_path, "wb") as out, open(err_path, "wb") as err:
-        child = subprocess.Popen([sys.executable, *map(str, argv)], stdout=out,
-                                 stderr=None if close_stderr else err, env=environment,
-                                 cwd=cwd or tmp_path, preexec_fn=limited(address_space, close_stderr))
-        while True:
-            pid, status, usage = os.wait4(child.pid, os.WNOHANG)
-            if pid:
-                break
-            if time.monotonic() - start > timeout:
-                os.kill(child.pid, signal.SIGKILL)
-                os.wait4(child.pid, 0)
-                raise AssertionError(f"{argv} did not finish within {timeout} s")
-            time.sleep(0.02)
-    child.returncode = os.waitstatus_to_exitcode(status)
+        launcher = subprocess.Popen(command, stdout=out, stderr=None if close_stderr else err,
+                                    env=environment, cwd=cwd or tmp_path, start_new_session=True)
+        try:
+            launcher.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(launcher.pid, signal.SIGKILL)
+            launcher.wait()
+            raise AssertionError(f"{argv} did not finish within {timeout} s") from None
     seconds = time.monotonic() - start
-    result = Result(child.returncode, out_path.read_text(errors="replace"),
-                    err_path.read_text(errors="replace"), usage.ru_maxrss * 1024, seconds)
-    out_path.unlink()
-    err_path.unlink()
+    status, maxrss = map(int, report.read_text().split())
+    result = Result(os.waitstatus_to_exitcode(status), out_path.read_text(errors="replace"),
+                    err_path.read_text(errors="replace"), maxrss * 1024, seconds)
+    for path in (out_path, err_path, report):
+        path.unlink()
     return result
