@@ -4,9 +4,13 @@
 * ``ConvNormAct`` in eval under ``no_grad()`` (folded) == eval with gradients on (conv, BN);
 * whole models: ``no_grad()`` inference == the plain eval forward;
 * in-place SiLU and softmax == their out-of-place versions (and the backward from the
-  in-place cache is the same).
+  in-place cache is the same);
+* ``npvit.set_num_threads(2)`` (images of a batch in a thread pool, BLAS on one thread each) ==
+  one thread, bit for bit, for a model's batch and for ``npvit predict --threads``.
 Bound: relative to the output's scale, 1e-10 in float64 and 1e-5 in float32.
 """
+import json
+
 import numpy as np
 import pytest
 from hypothesis import given
@@ -122,3 +126,47 @@ def test_in_place_softmax_equals_out_of_place(seed, axis, dtype):
     y_in_place, _ = F.softmax_forward(x_owned, axis, inplace=True)
     assert y_in_place is x_owned
     assert_same(y_in_place, y, dtype)
+
+
+@pytest.fixture
+def restore_threads():
+    """set_num_threads changes process-wide state: shut its pool and lift its BLAS limit after."""
+    from npvit import threads
+    yield
+    if threads._pool is not None:
+        threads._pool.shutdown()
+    if threads._blas_limit is not None:
+        threads._blas_limit.restore_original_limits()
+    threads._pool = threads._blas_limit = threads._num_threads = None
+
+
+def test_a_batch_on_two_threads_equals_one_thread(restore_threads):
+    model = npvit.create_model("mobilevitv2_050").eval()
+    x = np.random.default_rng(0).random((3, 3, 64, 64), dtype=np.float32)
+    with no_grad():
+        assert npvit.set_num_threads(1) == 1
+        one = model(x)
+        assert npvit.set_num_threads(2) == npvit.get_num_threads() == 2
+        two = model(x)
+    assert np.array_equal(one, two)
+
+
+def test_predict_with_two_threads_prints_what_one_thread_prints(tmp_path, capsys, restore_threads):
+    from PIL import Image
+    from npvit.cli import main
+    rng = np.random.default_rng(1)
+    paths = []
+    for i in range(3):
+        paths.append(str(tmp_path / f"{i}.png"))
+        Image.fromarray((rng.random((40, 50, 3)) * 255).astype(np.uint8)).save(paths[-1])
+    (tmp_path / "bad.png").write_text("not an image")
+    paths.insert(1, str(tmp_path / "bad.png"))
+    outputs = []
+    for threads in ("1", "2"):
+        args = ["predict", *paths, "--size", "32", "--topk", "2", "--json", "--threads", threads]
+        assert main(args) == 1                    # one unusable image: exit code 1, others done
+        out, err = capsys.readouterr()
+        assert err.count("npvit: error:") == 1 and "bad.png" in err
+        outputs.append([json.loads(line) for line in out.splitlines()])
+    assert [r["image"] for r in outputs[0]] == [paths[0], paths[2], paths[3]]
+    assert outputs[0] == outputs[1]

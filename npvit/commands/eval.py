@@ -49,7 +49,7 @@ from ..data import (DEFAULT_CROP_SIZE, MIN_SIDE, image_files, imagenet_classes, 
 from ..errors import NpvitError, error_line
 from ..inference import (DEFAULT_MODEL, PREPROCESS_CHOICES, check_size, class_names, classify,
                          load_model, model_file_settings, pipeline_for)
-from .options import add_model_and_weights
+from .options import add_model_and_weights, add_threads, apply_threads
 
 _WNID_PREFIX = re.compile(r"^(n\d{8})(?!\d)")   # "n01440764_10026.JPEG" -> "n01440764"
 
@@ -161,6 +161,7 @@ class Tally:
 
 
 def run(args) -> int:
+    apply_threads(args)
     from ..detection.coco_folder import is_coco_folder
     if is_coco_folder(args.directory):          # COCO layout: detection mAP (detection/evaluate.py)
         from ..detection.evaluate import run as run_detection
@@ -274,6 +275,7 @@ def add_parser(sub):
     p.add_argument("directory", metavar="DIR", help="DIR/<wnid>/<image> or DIR/<wnid>_*.JPEG; or a "
                    "COCO folder (DIR/annotations/instances_*.json + images): detection mAP")
     add_model_and_weights(p)
+    add_threads(p)
     p.add_argument("--batch-size", type=int, default=16, help="images per forward pass (default 16)")
     p.add_argument("--limit", type=int, metavar="N", help="evaluate N images spread over the folder")
     p.add_argument("--size", type=int,

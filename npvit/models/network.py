@@ -19,6 +19,7 @@ import numpy as np
 
 from ..data import check_input
 from ..errors import NpvitError
+from ..threads import map_in_order
 from ..nn import (ConvNormAct, Dropout, GlobalAvgPool, Identity, Linear, Module, Sequential,
                   is_grad_enabled)
 
@@ -94,13 +95,15 @@ class MobileViTNet(Module):
     # statistics), so the logits are the same either way, but one image's activations (a few
     # MB) stay in the CPU caches where a batch's stream from memory: 20-35% faster at batch 8
     # on the benchmark machine (docs/benchmark.md). Training and backward always see the batch.
+    # With npvit.set_num_threads(n > 1) the chunks run in a pool of n threads (npvit/threads.py).
     inference_chunk: int | None = 1
 
     def forward(self, x):
         x = check_input(x).astype(self.dtype, copy=False)
         n = self.inference_chunk
         if n and len(x) > n and not self.training and not is_grad_enabled():
-            return np.concatenate([self._logits(x[i:i + n]) for i in range(0, len(x), n)])
+            chunks = [x[i:i + n] for i in range(0, len(x), n)]
+            return np.concatenate(list(map_in_order(self._logits, chunks)))   # npvit.set_num_threads
         return self._logits(x)
 
     def _logits(self, x):
