@@ -170,3 +170,24 @@ def test_predict_with_two_threads_prints_what_one_thread_prints(tmp_path, capsys
         outputs.append([json.loads(line) for line in out.splitlines()])
     assert [r["image"] for r in outputs[0]] == [paths[0], paths[2], paths[3]]
     assert outputs[0] == outputs[1]
+
+
+@given(st.integers(0, 2**32 - 1), st.integers(1, 70), DTYPES)
+def test_norm_means_as_matrix_vector_products_equal_np_mean(seed, width, dtype):
+    """Layer and group norm take their last-axis means as x @ (1/D): the same standardisation as
+    np.mean's (offset and scaled inputs, so the centring matters)."""
+    rng = np.random.default_rng(seed)
+    x = (rng.standard_normal((2, 3, width)) * 5 + 3).astype(dtype)
+    gamma, beta = rng.standard_normal(width).astype(dtype), rng.standard_normal(width).astype(dtype)
+    mean = x.mean(axis=-1, keepdims=True)
+    plain_hat = (x - mean) / np.sqrt(np.square(x - mean).mean(axis=-1, keepdims=True) + 1e-5)
+    y, _ = F.layernorm_forward(x, gamma, beta)
+    assert_same(y, plain_hat * gamma + beta, dtype)
+    xg = x.reshape(2, 3, width, 1)                # 3 channels, one group over (C, width)
+    flat = xg.reshape(2, -1)
+    m = flat.mean(axis=-1, keepdims=True)
+    plain_g = ((flat - m) / np.sqrt(np.square(flat - m).mean(axis=-1, keepdims=True) + 1e-5))
+    gamma_c, beta_c = rng.standard_normal(3).astype(dtype), rng.standard_normal(3).astype(dtype)
+    y_g, _ = F.groupnorm_forward(xg, 1, gamma_c, beta_c)
+    assert_same(y_g, plain_g.reshape(xg.shape) * gamma_c.reshape(1, 3, 1, 1)
+                + beta_c.reshape(1, 3, 1, 1), dtype)
