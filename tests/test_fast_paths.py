@@ -191,3 +191,17 @@ def test_norm_means_as_matrix_vector_products_equal_np_mean(seed, width, dtype):
     y_g, _ = F.groupnorm_forward(xg, 1, gamma_c, beta_c)
     assert_same(y_g, plain_g.reshape(xg.shape) * gamma_c.reshape(1, 3, 1, 1)
                 + beta_c.reshape(1, 3, 1, 1), dtype)
+
+
+def test_no_grad_applies_to_its_own_thread_only():
+    """Threads of npvit.set_num_threads enter and leave no_grad at different times: one
+    thread's block must not turn gradients off (or back on) in another."""
+    import threading
+    from npvit.nn import is_grad_enabled
+    seen = []
+    with no_grad():
+        worker = threading.Thread(target=lambda: seen.append(is_grad_enabled()))
+        worker.start()
+        worker.join()
+        assert not is_grad_enabled()
+    assert seen == [True] and is_grad_enabled()
