@@ -354,10 +354,11 @@ def _cost(module, x, out) -> tuple[int, int]:
 
 
 def op_class_profile(model, x, repeats: int) -> dict:
-    """Own time, calls, multiply-adds and compulsory bytes per op class over ``repeats``
-    inference passes (each timed module's own time, its timed children subtracted; "other" is
-    the rest of the pass: patch unfold/fold, residual adds, pooling, Python). Attention modules
-    take their counts from ``npvit.opcount``, which their functions report to."""
+    """Own time (median over ``repeats`` inference passes), calls, multiply-adds and compulsory
+    bytes per op class of one pass (each timed module's own time, its timed children
+    subtracted; "other" is the rest of the pass: patch unfold/fold, residual adds, pooling,
+    Python); total_s is the sum of the classes' medians. Attention modules take their counts
+    from ``npvit.opcount``, which their functions report to."""
     stats: dict[str, dict] = {}
     children = [0.0]                              # time of timed children, per open call
 
@@ -394,23 +395,25 @@ def op_class_profile(model, x, repeats: int) -> dict:
             object.__setattr__(module, found[1], timed(module, *found))   # shadows the method
             wrapped.append((module, found[1]))
     run = npvit_inference(model, x)
+    passes = []
     try:
         run()                                     # warm-up, not counted
-        stats.clear()
-        start = time.perf_counter()
         for _ in range(repeats):
+            stats.clear()
+            start = time.perf_counter()
             run()
-        total = time.perf_counter() - start
+            total = time.perf_counter() - start
+            stats["other"] = {"calls": 0, "seconds": total - sum(r["seconds"] for r in stats.values()),
+                              "macs": 0, "bytes": 0}
+            passes.append((total, {k: dict(v) for k, v in stats.items()}))
     finally:
         for module, method in wrapped:
             del module.__dict__[method]
-    timed_s = sum(r["seconds"] for r in stats.values())
-    stats["other"] = {"calls": 0, "seconds": total - timed_s, "macs": 0, "bytes": 0}
-    for row in stats.values():
-        row["calls"] //= repeats
-        for key in ("seconds", "macs", "bytes"):
-            row[key] /= repeats
-    return {"total_s": total / repeats, "classes": stats}
+    # Medians over the passes, per class and of the whole pass (a busy machine slows some passes).
+    classes = passes[0][1]
+    for name, row in classes.items():
+        row["seconds"] = float(np.median([p[name]["seconds"] for _, p in passes]))
+    return {"total_s": sum(r["seconds"] for r in classes.values()), "classes": classes}
 
 
 def op_class_rows(profile: dict, limits: dict) -> list[dict]:
@@ -454,7 +457,8 @@ def machine_info(frameworks) -> dict:
             "blas_kernels": kernels, "python": platform.python_version(), "numpy": np.__version__,
             "numpy_blas": f"{blas.get('name')} {blas.get('version')}",
             "threads": {v: os.environ.get(v) for v in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS",
-                                                      "MKL_NUM_THREADS", "VECLIB_MAXIMUM_THREADS")},
+                                                      "MKL_NUM_THREADS", "VECLIB_MAXIMUM_THREADS",
+                                                      "OMP_WAIT_POLICY", "OPENBLAS_CORETYPE")},
             "load_average_at_start": os.getloadavg()[0]}
     if frameworks is not None:
         torch, timm = frameworks
@@ -628,8 +632,10 @@ def markdown(result: dict) -> str:
         f"- CPU flags: {' '.join(m['cpu_flags'])}; NumPy SIMD baseline {' '.join(m['simd_baseline'])}, "
         f"dispatch targets available {' '.join(m['simd_dispatch_available'])}; BLAS kernels "
         f"{', '.join(m['blas_kernels']) or 'unknown'}.",
-        f"- Threads pinned to 1: {', '.join(f'{k}={v}' for k, v in m['threads'].items())} set before "
-        "NumPy/torch load, and `torch.set_num_threads(1)`.",
+        f"- Threads pinned to 1: {', '.join(f'{k}={v}' for k, v in m['threads'].items())} in the "
+        "environment before NumPy/torch load (OMP_WAIT_POLICY=PASSIVE unless set: idle OpenMP threads "
+        "sleep rather than spin; OPENBLAS_CORETYPE as the machine set it), `torch.set_num_threads(1)` "
+        "and `npvit.set_num_threads(1)` (threadpoolctl) except in the thread-scaling rows.",
         f"- Load average (1 min) at start {m['load_average_at_start']:.2f}, at end "
         f"{m['load_average_at_end']:.2f} (other processes share the machine).",
         f"- Input {result['image_size']}x{result['image_size']}, float32, random weights (the same "
@@ -774,7 +780,11 @@ def main(argv: list[str]) -> int:
     if not all(os.environ.get(v) == "1" for v in THREAD_VARIABLES):
         print("re-running with " + ", ".join(f"{v}=1" for v in THREAD_VARIABLES)
               + " (BLAS reads them when NumPy loads)", flush=True)
+        # OMP_WAIT_POLICY=PASSIVE: OpenMP threads (torch's, at n > 1 in the thread rows) sleep
+        # instead of spinning when idle; on a busy machine spinning threads slowed torch 5-15x
+        # and everything interleaved after them.
         env = {**os.environ, **{v: "1" for v in THREAD_VARIABLES}}
+        env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
         return subprocess.call([sys.executable, __file__, *argv], env=env)
     parser = argparse.ArgumentParser(prog="npvit bench models", description=__doc__.splitlines()[0])
     add_arguments(parser)
