@@ -18,6 +18,7 @@ set those to 1 in the environment to avoid oversubscription.
 """
 from __future__ import annotations
 
+import collections
 import os
 import threading
 import warnings
@@ -77,14 +78,27 @@ def get_num_threads() -> int:
     return _num_threads or 1
 
 
-def map_in_order(fn, items: list):
-    """An iterator over fn(item) for item in items, in the order of ``items``; on the thread pool
-    when there is one and more than one item (all are submitted at once, results are yielded as
-    their turn comes; an exception is raised when its result is reached, as in a loop). Called
-    from inside a pool thread it runs serially, so nested uses cannot wait on each other."""
+def map_in_order(fn, items):
+    """An iterator over fn(item) for item in items, in their order; on the thread pool when there
+    is one and more than one item. At most 4 x threads items are in flight (submitted ahead of
+    the one being consumed), so a long list of images is never decoded all at once; an exception
+    is raised when its result is reached, as in a loop. Called from inside a pool thread it runs
+    serially, so nested uses cannot wait on each other."""
+    items = list(items)
     if _pool is None or len(items) < 2 or getattr(_in_pool, "active", False):
         return (fn(item) for item in items)
-    return _pool.map(_marked(fn), items)
+    return _windowed(_marked(fn), items, 4 * get_num_threads())
+
+
+def _windowed(fn, items: list, window: int):
+    pending = collections.deque(_pool.submit(fn, item) for item in items[:window])
+    upcoming = iter(items[window:])
+    while pending:
+        result = pending.popleft().result()
+        for item in upcoming:                 # keep the window full: submit one, then yield
+            pending.append(_pool.submit(fn, item))
+            break
+        yield result
 
 
 _in_pool = threading.local()
