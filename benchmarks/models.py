@@ -478,7 +478,7 @@ def measure(args) -> dict:
     result["limits"] = machine_limits()
     print(f"machine limits (one thread): {result['limits']}", flush=True)
     ort = load_onnxruntime() if frameworks else None
-    cores = cpu_count()
+    cores = args.threads or cpu_count()
     rng = np.random.default_rng(0)
     for name in args.models:
         model = npvit_model(name)
@@ -676,7 +676,8 @@ def markdown(result: dict) -> str:
                          f"{ratio} |{extra} {r['npvit_gflops']:.2f} | {torch_gflops} |")
         if rows is result["inference"] and result["threads"]:
             lines += ["", "### Thread scaling", "",
-                      "The largest batch on one thread and on every CPU of the machine, all runs "
+                      "The largest batch on one thread and on n threads (`--threads`, default every "
+                      "CPU), all runs "
                       "interleaved (npvit: `npvit.set_num_threads(n)`, images in a pool of n "
                       "threads, BLAS on one; torch: `torch.set_num_threads(n)`; ONNX Runtime: "
                       "`intra_op_num_threads = n`). Speed-up = one thread's time / n threads'.", "",
@@ -749,6 +750,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--repeats", type=int, default=15, help="timed inference runs per framework")
     p.add_argument("--train-repeats", type=int, default=7, help="timed training steps per framework")
     p.add_argument("--profile-top", type=int, default=12, help="functions in the profile table")
+    p.add_argument("--threads", type=int, default=0, metavar="N",
+                   help="thread count of the thread-scaling rows beside 1 (default 0: every CPU)")
     p.add_argument("--profile-repeats", type=int, default=5,
                    help="batch-1 passes the op-class table averages (default 5)")
     p.add_argument("--quick", action="store_true",
@@ -763,7 +766,7 @@ def argv_from(args) -> list[str]:
     argv = ["--models", *args.models, "--size", str(args.size), "--batches", *map(str, args.batches),
             "--train-batch", str(args.train_batch), "--repeats", str(args.repeats),
             "--train-repeats", str(args.train_repeats), "--profile-top", str(args.profile_top),
-            "--profile-repeats", str(args.profile_repeats)]
+            "--profile-repeats", str(args.profile_repeats), "--threads", str(args.threads)]
     if args.quick:
         argv.append("--quick")
     for option in ("json", "markdown"):
@@ -789,6 +792,10 @@ def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="npvit bench models", description=__doc__.splitlines()[0])
     add_arguments(parser)
     args = parser.parse_args(argv)
+    if args.threads < 0:
+        print(f"npvit: error: --threads must be 0 (every CPU) or a positive number, got "
+              f"{args.threads}", file=sys.stderr)
+        return 2
     if args.quick:
         args.size, args.batches, args.train_batch = 64, [1, 2], 2
         args.repeats = args.train_repeats = args.profile_repeats = 1
