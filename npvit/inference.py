@@ -11,7 +11,10 @@ and `npvit verify` share, usable from Python too.
 Where the weights come from (`load_model`), in this order:
   1. ``weights=PATH``: that checkpoint, any format and key layout npvit reads (.pt/.pth in the
      ml-cvnets, Hugging Face or timm layout, .safetensors, .npz), checked strictly against the
-     model — a file for another variant is refused in one line listing what differs.
+     model — a file for another variant is refused in one line saying which it holds. A
+     model file written by `npvit finetune` (npvit.weights.meta) also brings its number of
+     classes and their names (``model.meta``; `class_names`), and `model_file_settings` its
+     input size and preprocessing.
   2. the official weights in the cache (``npvit download NAME`` puts them there; a cached
      official ``.pt`` without its ``.npz`` is converted once, offline).
   3. ``download=True``: fetch them (the only case that touches the network).

@@ -52,13 +52,14 @@ def twins(name, dtype, seed=0):
 @pytest.mark.parametrize("name", SMALL)
 def test_outputs_equal_torch(torch, name):
     from timm_reference import relative_error
-    for dtype, sizes in (("float64", [(320, 320), (333, 301)]), ("float32", [(320, 320), (333, 301)])):
+    for dtype, sizes in (("float64", [(320, 320), (229, 263)]), ("float32", [(320, 320), (229, 263)])):
         ref, model = twins(name, dtype)
         for h, w in sizes:
             x = np.random.default_rng(h).random((2, 3, h, w)).astype(dtype)
             with torch.no_grad():
                 ref_boxes, ref_logits = ref(torch.from_numpy(x))
-            boxes, logits = model(x)
+            with npvit.nn.no_grad():             # inference (BN folded); train-mode grads below
+                boxes, logits = model(x)
             assert boxes.shape == (2, len(model.anchors(h, w)), 4) and logits.shape[-1] == 81
             assert boxes.dtype == np.dtype(dtype)
             if dtype == "float64":

@@ -137,14 +137,6 @@ def _doubling(lo: int, hi: int) -> list[int]:
     return ks
 
 
-def _write_atomically(path, text: str) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def run_attention_zoo(args) -> int:
     """``--units all``: the three units of the paper and the efficient-attention zoo, one BLAS
     thread for real (threadpoolctl), warm-up, medians, a per-operation time table at k = 256."""
@@ -187,7 +179,6 @@ def run_attention_zoo(args) -> int:
     print("\n" + tables + "\n\n" + slopes + "\n\n" + ops)
     if skipped:
         print("\n".join(skipped))
-    Path(args.plot).parent.mkdir(parents=True, exist_ok=True)
     zoo.plot(result, args.plot, args.large_k)
     print(f"\nplot: {args.plot}")
     if args.markdown:
@@ -224,7 +215,7 @@ def run_attention_zoo(args) -> int:
             "Each operation's wall time from the `npvit.opcount` timeline (the time since the "
             "previous reported operation), summed over a unit's heads, median of 5 passes.\n\n"
             f"{ops}\n")
-        _write_atomically(args.markdown, text)
+        write_atomically(args.markdown, lambda f: f.write(text), mode="w")
         print(f"table: {args.markdown}")
     return 0
 

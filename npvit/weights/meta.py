@@ -22,8 +22,6 @@ Optional key: "resize_size", the short side images are resized to before the cen
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import NpvitError
+from ..outputs import write_atomically
 from .convert import convert_checkpoint
 from .reader import check_regular_file
 
@@ -91,8 +90,8 @@ def check_meta(meta, source: str = "model meta") -> dict:
 
 
 def write_model_npz(path, state_dict: dict, meta: dict) -> Path:
-    """Write ``state_dict`` and ``meta`` to ``path`` atomically (a temporary file in the same
-    folder, renamed into place once complete)."""
+    """Write ``state_dict`` and ``meta`` to ``path`` atomically (npvit.outputs.write_atomically:
+    a temporary file in the same folder, renamed into place once complete)."""
     path = Path(path)
     check_meta(meta)
     if META_KEY in state_dict:
@@ -106,16 +105,7 @@ def write_model_npz(path, state_dict: dict, meta: dict) -> Path:
     if odd:   # np.savez would pickle an object array, which readers (rightly) refuse
         raise NpvitError(f"{odd[0]} is not a numeric array ({arrays[odd[0]].dtype})")
     arrays[META_KEY] = np.array(json.dumps(meta))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, **arrays)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return write_atomically(path, lambda f: np.savez(f, **arrays))
 
 
 def read_model_meta(path) -> dict | None:
