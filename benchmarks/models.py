@@ -45,8 +45,11 @@ import numpy as np
 
 import npvit
 from npvit.commands.bench import THREAD_VARIABLES
-from npvit.nn import Conv2d, Linear, no_grad
+from npvit.nn import (BatchNorm2d, Conv2d, ConvNormAct, GroupNorm, LayerNorm, Linear, SiLU,
+                      no_grad)
+from npvit.nn.attention import LinformerAttention, MultiHeadAttention, SeparableSelfAttention
 from npvit.opcount import count_ops
+from npvit.threads import cpu_count
 
 NOTES_MARKER = ("<!-- Hand-written notes below this line are kept when the benchmark rewrites "
                 "the file. -->")
@@ -113,6 +116,55 @@ def torch_train_step(torch, ref, x):
         logits = ref(xt)
         logits.backward(torch.full_like(logits, 1.0 / logits.numel()))
     return run
+
+
+def load_onnxruntime():
+    """onnxruntime, or None when it (or onnx, which torch's exporter needs) is not installed."""
+    try:
+        import onnx  # noqa: F401  (torch.onnx.export needs it)
+        import onnxruntime
+    except ImportError:
+        return None
+    return onnxruntime
+
+
+def onnx_twin(torch, ref, size: int) -> bytes:
+    """The timm model (npvit's weights) exported to ONNX with a dynamic batch axis."""
+    import io
+    import warnings
+    buffer = io.BytesIO()
+    ref.eval()
+    with warnings.catch_warnings():          # the tracer's notes about timm's shape checks
+        warnings.simplefilter("ignore")
+        torch.onnx.export(ref, (torch.zeros(1, 3, size, size),), buffer, dynamo=False,
+                          input_names=["x"], output_names=["logits"],
+                          dynamic_axes={"x": {0: "batch"}}, opset_version=17)
+    return buffer.getvalue()
+
+
+def ort_session(ort, model_bytes: bytes, threads: int):
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    return ort.InferenceSession(model_bytes, options, providers=["CPUExecutionProvider"])
+
+
+def ort_inference(session, x):
+    def run():
+        return session.run(None, {"x": x})[0]
+    return run
+
+
+def with_threads(n: int, run, torch=None):
+    """``run`` with npvit's (or, given torch, torch's) thread count set to n first."""
+    def threaded():
+        if torch is None:
+            npvit.set_num_threads(n)
+        else:
+            torch.set_num_threads(n)
+        return run()
+    return threaded
 
 
 def interleaved_times(runs: dict, repeats: int, warmup: int = 1) -> dict[str, list[float]]:
@@ -242,20 +294,171 @@ def profile_rows(run, top: int) -> list[dict]:
     return rows[:top]
 
 
+
+# --- op classes against the machine's limits ---------------------------------------------------
+def machine_limits(repeats: int = 5) -> dict:
+    """This core's ceilings, best of ``repeats``: memory bandwidth as np.copyto (bytes read +
+    written / time) of 256 MiB, far beyond the caches, and of 4 MiB, the size of a batch-1
+    feature map at 256x256 (as the ops see it: from L2/L3); and the SGEMM rate of one 2048^3
+    float32 matmul (BLAS is on one thread here)."""
+    big = np.ones(64 * 2**20, dtype=np.float32)
+    big_out = np.empty_like(big)
+    small = np.ones(2**20, dtype=np.float32)
+    small_out = np.empty_like(small)
+    a = np.random.default_rng(0).random((2048, 2048), dtype=np.float32)
+    dram_s, cache_s, gemm_s = [], [], []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        np.copyto(big_out, big)
+        dram_s.append(time.perf_counter() - start)
+        start = time.perf_counter()
+        for _ in range(20):
+            np.copyto(small_out, small)
+        cache_s.append((time.perf_counter() - start) / 20)
+        start = time.perf_counter()
+        a @ a
+        gemm_s.append(time.perf_counter() - start)
+    return {"copy_dram_gb_per_s": 2 * big.nbytes / min(dram_s) / 1e9,
+            "copy_gb_per_s": 2 * small.nbytes / min(cache_s) / 1e9,
+            "sgemm_gflop_per_s": 2 * 2048**3 / min(gemm_s) / 1e9}
+
+
+def _op_class(module) -> tuple[str, str] | None:
+    """(op class, method the inference path calls) of the modules the profile times."""
+    if isinstance(module, ConvNormAct):           # eval + no_grad: the BatchNorm-folded conv
+        conv = module.conv
+        depthwise = conv.groups > 1 and conv.weight.shape[1] == 1
+        return ("depthwise conv" if depthwise else "dense conv (GEMM)"), "folded_conv_forward"
+    if isinstance(module, Conv2d):
+        depthwise = module.groups > 1 and module.weight.shape[1] == 1
+        return ("depthwise conv" if depthwise else "dense conv (GEMM)"), "forward"
+    if isinstance(module, Linear):
+        return "linear (GEMM)", "forward"
+    if isinstance(module, SiLU):
+        return "SiLU", "forward"
+    if isinstance(module, (BatchNorm2d, LayerNorm, GroupNorm)):
+        return "norm", "forward"
+    if isinstance(module, (MultiHeadAttention, LinformerAttention, SeparableSelfAttention)):
+        return "attention (projections, products, softmax)", "forward"
+    return None
+
+
+def _cost(module, x, out) -> tuple[int, int]:
+    """(multiply-adds, compulsory bytes: input + weight read once, output written once)."""
+    weight = getattr(getattr(module, "conv", module), "weight", None)
+    w = weight.data if weight is not None else None
+    moved = x.nbytes + out.nbytes + (w.nbytes if w is not None else 0)
+    if isinstance(module, (ConvNormAct, Conv2d, Linear)):
+        return out.size * w[0].size, moved
+    return 0, moved
+
+
+def op_class_profile(model, x, repeats: int) -> dict:
+    """Own time (median over ``repeats`` inference passes), calls, multiply-adds and compulsory
+    bytes per op class of one pass (each timed module's own time, its timed children
+    subtracted; "other" is the rest of the pass: patch unfold/fold, residual adds, pooling,
+    Python); total_s is the sum of the classes' medians. Attention modules take their counts
+    from ``npvit.opcount``, which their functions report to."""
+    stats: dict[str, dict] = {}
+    children = [0.0]                              # time of timed children, per open call
+
+    def timed(module, op_class, method):
+        inner = getattr(module, method)
+
+        def run(inp, *rest):
+            children.append(0.0)
+            start = time.perf_counter()
+            if op_class.startswith("attention"):
+                with count_ops() as counter:
+                    out = inner(inp, *rest)
+                macs, moved = counter.macs, counter.bytes_moved
+            else:
+                out = inner(inp, *rest)
+                macs = moved = None
+            elapsed = time.perf_counter() - start
+            own = elapsed - children.pop()
+            children[-1] += elapsed
+            if macs is None:
+                macs, moved = _cost(module, inp, out)
+            row = stats.setdefault(op_class, {"calls": 0, "seconds": 0.0, "macs": 0, "bytes": 0})
+            row["calls"] += 1
+            row["seconds"] += own
+            row["macs"] += macs
+            row["bytes"] += moved
+            return out
+        return run
+
+    wrapped = []
+    for module in model.modules():
+        found = _op_class(module)
+        if found:
+            object.__setattr__(module, found[1], timed(module, *found))   # shadows the method
+            wrapped.append((module, found[1]))
+    run = npvit_inference(model, x)
+    passes = []
+    try:
+        run()                                     # warm-up, not counted
+        for _ in range(repeats):
+            stats.clear()
+            start = time.perf_counter()
+            run()
+            total = time.perf_counter() - start
+            stats["other"] = {"calls": 0, "seconds": total - sum(r["seconds"] for r in stats.values()),
+                              "macs": 0, "bytes": 0}
+            passes.append((total, {k: dict(v) for k, v in stats.items()}))
+    finally:
+        for module, method in wrapped:
+            del module.__dict__[method]
+    # Medians over the passes, per class and of the whole pass (a busy machine slows some passes).
+    classes = passes[0][1]
+    for name, row in classes.items():
+        row["seconds"] = float(np.median([p[name]["seconds"] for _, p in passes]))
+    return {"total_s": sum(r["seconds"] for r in classes.values()), "classes": classes}
+
+
+def op_class_rows(profile: dict, limits: dict) -> list[dict]:
+    """Per op class: achieved GFLOP/s and GB/s, and how far the time is above the op's own
+    limit: the larger of (its FLOPs at the SGEMM rate) and (its compulsory bytes at the copy
+    bandwidth)."""
+    rows = []
+    for name, r in sorted(profile["classes"].items(), key=lambda kv: -kv[1]["seconds"]):
+        s = r["seconds"]
+        bound = max(2 * r["macs"] / (limits["sgemm_gflop_per_s"] * 1e9),
+                    r["bytes"] / (limits["copy_gb_per_s"] * 1e9))
+        rows.append({"class": name, "calls": r["calls"], "ms": s * 1e3,
+                     "share": s / profile["total_s"],
+                     "gflop_per_s": 2 * r["macs"] / s / 1e9 if r["macs"] and s > 0 else None,
+                     "gb_per_s": r["bytes"] / s / 1e9 if r["bytes"] and s > 0 else None,
+                     "bound_ms": bound * 1e3 if bound else None,
+                     "over_bound": s / bound if bound and s > 0 else None})
+    return rows
+
+
 # --- machine --------------------------------------------------------------------------------------
 def machine_info(frameworks) -> dict:
-    cpu = platform.processor() or platform.machine()
+    cpu, flags = platform.processor() or platform.machine(), []
     cpuinfo = Path("/proc/cpuinfo")
     if cpuinfo.exists():
-        names = [ln.split(":", 1)[1].strip() for ln in cpuinfo.read_text().splitlines()
-                 if ln.startswith("model name")]
+        lines = cpuinfo.read_text().splitlines()
+        names = [ln.split(":", 1)[1].strip() for ln in lines if ln.startswith("model name")]
         if names:
             cpu = f"{names[0]} ({len(names)} logical CPUs)"
+        found = next((ln.split(":", 1)[1].split() for ln in lines if ln.startswith("flags")), [])
+        flags = [f for f in found if f.startswith(("avx", "fma", "amx"))]
+    from numpy._core._multiarray_umath import __cpu_baseline__, __cpu_dispatch__, __cpu_features__
     blas = np.show_config(mode="dicts")["Build Dependencies"]["blas"]
-    info = {"cpu": cpu, "python": platform.python_version(), "numpy": np.__version__,
+    try:
+        from threadpoolctl import threadpool_info
+        kernels = sorted({f"{p['internal_api']} {p.get('architecture')}" for p in threadpool_info()})
+    except ImportError:
+        kernels = []
+    info = {"cpu": cpu, "cpu_flags": flags, "simd_baseline": list(__cpu_baseline__),
+            "simd_dispatch_available": [t for t in __cpu_dispatch__ if __cpu_features__.get(t)],
+            "blas_kernels": kernels, "python": platform.python_version(), "numpy": np.__version__,
             "numpy_blas": f"{blas.get('name')} {blas.get('version')}",
             "threads": {v: os.environ.get(v) for v in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS",
-                                                      "MKL_NUM_THREADS", "VECLIB_MAXIMUM_THREADS")},
+                                                      "MKL_NUM_THREADS", "VECLIB_MAXIMUM_THREADS",
+                                                      "OMP_WAIT_POLICY", "OPENBLAS_CORETYPE")},
             "load_average_at_start": os.getloadavg()[0]}
     if frameworks is not None:
         torch, timm = frameworks
@@ -270,11 +473,18 @@ def measure(args) -> dict:
     result = {"date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
               "command": args.command, "machine": machine_info(frameworks),
               "image_size": args.size, "repeats": args.repeats, "inference": [], "training": [],
-              "memory": [], "models": {}}
+              "memory": [], "models": {}, "threads": [], "op_classes": {}}
+    npvit.set_num_threads(1)                     # one image at a time, BLAS pinned to one thread
+    result["limits"] = machine_limits()
+    print(f"machine limits (one thread): {result['limits']}", flush=True)
+    ort = load_onnxruntime() if frameworks else None
+    cores = args.threads or cpu_count()
     rng = np.random.default_rng(0)
     for name in args.models:
         model = npvit_model(name)
         ref = timm_twin(frameworks[1], frameworks[0], model) if frameworks else None
+        onnx_bytes = onnx_twin(frameworks[0], ref, args.size) if ort is not None else None
+        session = ort_session(ort, onnx_bytes, 1) if ort is not None else None
         probe = rng.random((1, 3, args.size, args.size), dtype=np.float32)
         macs = count_macs(model, probe)
         info = {"parameters": model.num_parameters(), "macs_per_image": macs["total"],
@@ -287,6 +497,9 @@ def measure(args) -> dict:
                 ours = npvit_inference(model, probe)()
             info["max_abs_logit_difference"] = float(np.abs(ours - torch_inference(torch, ref, probe)()
                                                             .numpy()).max())
+            if session is not None:
+                info["max_abs_logit_difference_onnxruntime"] = float(
+                    np.abs(ours - ort_inference(session, probe)()).max())
         result["models"][name] = info
         print(f"{name}: {info}", flush=True)
 
@@ -295,10 +508,40 @@ def measure(args) -> dict:
             runs = {"npvit": npvit_inference(model, x)}
             if ref is not None:
                 runs["torch"] = torch_inference(frameworks[0], ref, x)
+            if session is not None:
+                runs["onnxruntime"] = ort_inference(session, x)
             row = summarise(name, batch, interleaved_times(runs, args.repeats),
                             info["macs_per_image"] * batch)
             result["inference"].append(row)
             print(format_row("inference", row), flush=True)
+
+        # thread scaling: the largest batch on one thread and on every CPU, all interleaved
+        batch = max(args.batches)
+        x = rng.random((batch, 3, args.size, args.size), dtype=np.float32)
+        runs = {}
+        for n in sorted({1, cores}):
+            runs[f"npvit {n}"] = with_threads(n, npvit_inference(model, x))
+            if ref is not None:
+                runs[f"torch {n}"] = with_threads(n, torch_inference(frameworks[0], ref, x),
+                                                  frameworks[0])
+            if ort is not None:
+                runs[f"onnxruntime {n}"] = ort_inference(
+                    session if n == 1 else ort_session(ort, onnx_bytes, n), x)
+        times = interleaved_times(runs, args.repeats)
+        npvit.set_num_threads(1)
+        if ref is not None:
+            frameworks[0].set_num_threads(1)
+        for key, ts in times.items():
+            framework, n = key.rsplit(" ", 1)
+            result["threads"].append({"model": name, "batch": batch, "framework": framework,
+                                      "threads": int(n), "s": float(np.median(ts)),
+                                      "all_s": [float(t) for t in ts]})
+            print(f"threads       {name:16s} batch {batch}: {key:14s} {np.median(ts) * 1e3:8.1f} ms",
+                  flush=True)
+
+        probe_profile = op_class_profile(model, probe, args.profile_repeats)
+        result["op_classes"][name] = {"batch": 1, "total_s": probe_profile["total_s"],
+                                      "rows": op_class_rows(probe_profile, result["limits"])}
 
         x = rng.random((args.train_batch, 3, args.size, args.size), dtype=np.float32)
         runs = {"npvit": npvit_train_step(model, x)}
@@ -330,6 +573,7 @@ def measure(args) -> dict:
     run()
     result["profile"] = {"model": name, "batch": batch, "rows": profile_rows(run, args.profile_top)}
     result["machine"]["load_average_at_end"] = os.getloadavg()[0]
+    result["onnxruntime"] = ort.__version__ if ort is not None else None
     return result
 
 
@@ -342,6 +586,8 @@ def summarise(name, batch, times, flops_macs) -> dict:
         row[f"{key}_all_s"] = [float(t) for t in ts]
     if "torch_s" in row:
         row["ratio"] = row["npvit_s"] / row["torch_s"]
+    if "onnxruntime_s" in row:
+        row["ort_ratio"] = row["npvit_s"] / row["onnxruntime_s"]
     return row
 
 
@@ -349,12 +595,23 @@ def format_row(what, row) -> str:
     text = f"{what:13s} {row['model']:16s} batch {row['batch']}: npvit {row['npvit_s'] * 1e3:8.1f} ms"
     if "torch_s" in row:
         text += f"   torch {row['torch_s'] * 1e3:8.1f} ms   npvit/torch {row['ratio']:.2f}"
+    if "onnxruntime_s" in row:
+        text += (f"   onnxruntime {row['onnxruntime_s'] * 1e3:8.1f} ms   "
+                 f"npvit/ORT {row['ort_ratio']:.2f}")
     return text
 
 
 # --- report ---------------------------------------------------------------------------------------
 def _ms(v):
     return "—" if v is None else f"{v * 1e3:.1f}"
+
+
+def _num(v, digits=1):
+    return "—" if v is None else f"{v:.{digits}f}"
+
+
+def _share(v, limit):
+    return "—" if v is None else f"{v / limit:.0%}"
 
 
 def _mib(v):
@@ -365,13 +622,20 @@ def markdown(result: dict) -> str:
     m = result["machine"]
     torch_line = f", torch {m['torch']} / timm {m['timm']} (torch threads {m['torch_threads']})" \
         if "torch" in m else " (torch not installed: npvit only)"
+    ort_line = f", ONNX Runtime {result['onnxruntime']}" if result.get("onnxruntime") else \
+        " (onnxruntime not installed)"
     lines = [
         "# Speed: npvit against PyTorch eager, one CPU thread", "",
         f"Produced by `{result['command']}` on {result['date']}.", "",
         f"- Machine: {m['cpu']}; Python {m['python']}, NumPy {m['numpy']} with {m['numpy_blas']}"
-        f"{torch_line}.",
-        f"- Threads pinned to 1: {', '.join(f'{k}={v}' for k, v in m['threads'].items())} set before "
-        "NumPy/torch load, and `torch.set_num_threads(1)`.",
+        f"{torch_line}{ort_line}.",
+        f"- CPU flags: {' '.join(m['cpu_flags'])}; NumPy SIMD baseline {' '.join(m['simd_baseline'])}, "
+        f"dispatch targets available {' '.join(m['simd_dispatch_available'])}; BLAS kernels "
+        f"{', '.join(m['blas_kernels']) or 'unknown'}.",
+        f"- Threads pinned to 1: {', '.join(f'{k}={v}' for k, v in m['threads'].items())} in the "
+        "environment before NumPy/torch load (OMP_WAIT_POLICY=PASSIVE unless set: idle OpenMP threads "
+        "sleep rather than spin; OPENBLAS_CORETYPE as the machine set it), `torch.set_num_threads(1)` "
+        "and `npvit.set_num_threads(1)` (threadpoolctl) except in the thread-scaling rows.",
         f"- Load average (1 min) at start {m['load_average_at_start']:.2f}, at end "
         f"{m['load_average_at_end']:.2f} (other processes share the machine).",
         f"- Input {result['image_size']}x{result['image_size']}, float32, random weights (the same "
@@ -394,16 +658,37 @@ def markdown(result: dict) -> str:
         lines.append(f"| {name} | {info['parameters']:,} | {info['conv_linear_macs_per_image']:,} | "
                      f"{info['attention_product_macs_per_image']:,} | {info['macs_per_image']:,} | "
                      f"{torch_macs} | {difference} |")
+    ort = any("onnxruntime_s" in r for r in result["inference"])
     for title, rows in (("Inference", result["inference"]),
                         ("Training step (forward + backward, no optimiser)", result["training"])):
+        with_ort = ort and rows is result["inference"]
+        extra_head = " ONNX Runtime ms | npvit / ORT |" if with_ort else ""
         lines += ["", f"## {title}", "",
-                  "| model | batch | npvit ms | torch ms | npvit / torch | npvit GFLOP/s | torch GFLOP/s |",
-                  "|---|---:|---:|---:|---:|---:|---:|"]
+                  "| model | batch | npvit ms | torch ms | npvit / torch |" + extra_head
+                  + " npvit GFLOP/s | torch GFLOP/s |",
+                  "|---|---:|---:|---:|---:|" + ("---:|---:|" if with_ort else "") + "---:|---:|"]
         for r in rows:
             ratio = f"**{r['ratio']:.2f}**" if "ratio" in r else "—"
             torch_gflops = f"{r['torch_gflops']:.2f}" if "torch_gflops" in r else "—"
+            extra = (f" {_ms(r.get('onnxruntime_s'))} | **{r['ort_ratio']:.2f}** |"
+                     if with_ort else "")
             lines.append(f"| {r['model']} | {r['batch']} | {_ms(r['npvit_s'])} | {_ms(r.get('torch_s'))} | "
-                         f"{ratio} | {r['npvit_gflops']:.2f} | {torch_gflops} |")
+                         f"{ratio} |{extra} {r['npvit_gflops']:.2f} | {torch_gflops} |")
+        if rows is result["inference"] and result["threads"]:
+            lines += ["", "### Thread scaling", "",
+                      "The largest batch on one thread and on n threads (`--threads`, default every "
+                      "CPU), all runs "
+                      "interleaved (npvit: `npvit.set_num_threads(n)`, images in a pool of n "
+                      "threads, BLAS on one; torch: `torch.set_num_threads(n)`; ONNX Runtime: "
+                      "`intra_op_num_threads = n`). Speed-up = one thread's time / n threads'.", "",
+                      "| model | batch | framework | threads | ms | speed-up | npvit / this |",
+                      "|---|---:|---|---:|---:|---:|---:|"]
+            by_key = {(t["model"], t["framework"], t["threads"]): t["s"] for t in result["threads"]}
+            for t in result["threads"]:
+                one = by_key[(t["model"], t["framework"], 1)]
+                ours = by_key[(t["model"], "npvit", t["threads"])]
+                lines.append(f"| {t['model']} | {t['batch']} | {t['framework']} | {t['threads']} | "
+                             f"{t['s'] * 1e3:.1f} | {one / t['s']:.2f} | {ours / t['s']:.2f} |")
     lines += ["", "Training GFLOP/s count a step as 3x the forward's multiply-adds.", "",
               "## Peak memory of inference", "",
               "Growth of the resident set size (high-water mark minus the RSS just before the forward) "
@@ -414,6 +699,30 @@ def markdown(result: dict) -> str:
         ratio = f"**{r['ratio']:.2f}**" if "ratio" in r else "—"
         lines.append(f"| {r['model']} | {r['batch']} | {_mib(r['npvit_peak_rss_bytes'])} | "
                      f"{_mib(r.get('torch_peak_rss_bytes'))} | {ratio} | {_mib(r['npvit_tracemalloc_bytes'])} |")
+    limits = result["limits"]
+    lines += ["", "## Each op class against its own limit (batch 1, one thread)", "",
+              f"Machine limits measured in the same process: memory bandwidth (np.copyto, bytes read + "
+              f"written) {limits['copy_gb_per_s']:.1f} GB/s on 4 MiB arrays (the size of a batch-1 "
+              f"feature map, served from the caches), {limits['copy_dram_gb_per_s']:.1f} GB/s on "
+              f"256 MiB (DRAM); SGEMM (2048^3 float32) {limits['sgemm_gflop_per_s']:.1f} GFLOP/s. "
+              "Per op class: own time (timed modules, their timed children subtracted; \"other\" is "
+              "the rest of the pass: patch unfold/fold, residual adds, pooling, Python), achieved "
+              "GFLOP/s (2 x multiply-adds / time) and GB/s of the compulsory traffic (every input and "
+              "weight read once, the output written once), and the bound = max(FLOPs at the SGEMM "
+              "rate, compulsory bytes at the 4 MiB copy bandwidth): time / bound is how far the op "
+              "is from its own limit.", ""]
+    for name, prof in result["op_classes"].items():
+        lines += [f"**{name}** (one pass {prof['total_s'] * 1e3:.1f} ms)", "",
+                  "| op class | calls | ms | share | GFLOP/s | % of SGEMM | GB/s | % of copy | "
+                  "bound ms | time / bound |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+        for r in prof["rows"]:
+            gf, gb, bound, over = r["gflop_per_s"], r["gb_per_s"], r["bound_ms"], r["over_bound"]
+            lines.append(
+                f"| {r['class']} | {r['calls']} | {r['ms']:.2f} | {r['share']:.0%} | {_num(gf)} | "
+                f"{_share(gf, limits['sgemm_gflop_per_s'])} | {_num(gb)} | "
+                f"{_share(gb, limits['copy_gb_per_s'])} | {_num(bound, 2)} | "
+                f"{'—' if over is None else f'**{over:.1f}**'} |")
+        lines.append("")
     p = result["profile"]
     lines += ["", f"## Where npvit's inference time goes ({p['model']}, batch {p['batch']}, cProfile)", "",
               "| function | calls | own ms | share |", "|---|---:|---:|---:|"]
@@ -441,6 +750,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--repeats", type=int, default=15, help="timed inference runs per framework")
     p.add_argument("--train-repeats", type=int, default=7, help="timed training steps per framework")
     p.add_argument("--profile-top", type=int, default=12, help="functions in the profile table")
+    p.add_argument("--threads", type=int, default=0, metavar="N",
+                   help="thread count of the thread-scaling rows beside 1 (default 0: every CPU)")
+    p.add_argument("--profile-repeats", type=int, default=5,
+                   help="batch-1 passes the op-class table averages (default 5)")
     p.add_argument("--quick", action="store_true",
                    help="64x64, batches 1 and 2, one timed run each: a smoke test")
     p.add_argument("--json", type=Path, help="write the full result here")
@@ -452,7 +765,8 @@ def argv_from(args) -> list[str]:
     """The command line that reproduces ``args`` (for the single-threaded child process)."""
     argv = ["--models", *args.models, "--size", str(args.size), "--batches", *map(str, args.batches),
             "--train-batch", str(args.train_batch), "--repeats", str(args.repeats),
-            "--train-repeats", str(args.train_repeats), "--profile-top", str(args.profile_top)]
+            "--train-repeats", str(args.train_repeats), "--profile-top", str(args.profile_top),
+            "--profile-repeats", str(args.profile_repeats), "--threads", str(args.threads)]
     if args.quick:
         argv.append("--quick")
     for option in ("json", "markdown"):
@@ -469,14 +783,22 @@ def main(argv: list[str]) -> int:
     if not all(os.environ.get(v) == "1" for v in THREAD_VARIABLES):
         print("re-running with " + ", ".join(f"{v}=1" for v in THREAD_VARIABLES)
               + " (BLAS reads them when NumPy loads)", flush=True)
+        # OMP_WAIT_POLICY=PASSIVE: OpenMP threads (torch's, at n > 1 in the thread rows) sleep
+        # instead of spinning when idle; on a busy machine spinning threads slowed torch 5-15x
+        # and everything interleaved after them.
         env = {**os.environ, **{v: "1" for v in THREAD_VARIABLES}}
+        env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
         return subprocess.call([sys.executable, __file__, *argv], env=env)
     parser = argparse.ArgumentParser(prog="npvit bench models", description=__doc__.splitlines()[0])
     add_arguments(parser)
     args = parser.parse_args(argv)
+    if args.threads < 0:
+        print(f"npvit: error: --threads must be 0 (every CPU) or a positive number, got "
+              f"{args.threads}", file=sys.stderr)
+        return 2
     if args.quick:
         args.size, args.batches, args.train_batch = 64, [1, 2], 2
-        args.repeats = args.train_repeats = 1
+        args.repeats = args.train_repeats = args.profile_repeats = 1
     args.command = "npvit bench models " + " ".join(argv)
     result = measure(args)
     text = markdown(result)

@@ -3,5 +3,6 @@ from . import data, functional, nn, weights
 from .gradcheck import check_gradients
 from .models import create_model, list_models
 from . import inference
+from .threads import get_num_threads, set_num_threads
 
 __version__ = "0.1.0"

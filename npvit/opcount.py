@@ -18,6 +18,12 @@ What is counted, per reported operation:
   a reduction reads (a sum over N of a (B, d, P, N) array is B*d*P*N additions).
 * the output array's shape and bytes; the largest of these over the pass is the
   "largest intermediate buffer";
+* ``bytes_read`` and ``bytes_written`` — the compulsory memory traffic: every input array read
+  once, the output written once (a matmul reads a and b; a linear layer its weight and an input
+  of out.size / out_features * in_features elements; an element-wise op one input the size of
+  its output; a reduction its input). Divided by ``seconds`` this is the op's achieved GB/s, a
+  lower bound of its real traffic (an op that makes several passes moves more), to put beside
+  the machine's memory bandwidth;
 * ``seconds`` — wall time since the previous report (or since the block began): as each report
   follows its operation, this times the operation (plus any unreported work just before it,
   such as a view turned into a copy), which makes the counter a per-operation profiler.
@@ -41,6 +47,18 @@ class Op:
     shape: tuple
     nbytes: int
     seconds: float = 0.0
+    bytes_read: int = 0
+    bytes_written: int = 0
+
+    @property
+    def gb_per_s(self) -> float:
+        """Achieved bandwidth of the compulsory traffic, GB/s (0 for an untimed op)."""
+        return (self.bytes_read + self.bytes_written) / self.seconds / 1e9 if self.seconds else 0.0
+
+    @property
+    def gflop_per_s(self) -> float:
+        """Achieved 2 x multiply-adds per second, GFLOP/s."""
+        return 2 * self.macs / self.seconds / 1e9 if self.seconds else 0.0
 
 
 class OpCounter:
@@ -50,10 +68,13 @@ class OpCounter:
         self.ops: list[Op] = []
         self._clock = time.perf_counter()
 
-    def record(self, name: str, kind: str, out: np.ndarray, macs: int = 0, elementwise: int = 0):
+    def record(self, name: str, kind: str, out: np.ndarray, macs: int = 0, elementwise: int = 0,
+               bytes_read: int | None = None):
+        """bytes_read: the inputs' bytes; None means one input the size of ``out``."""
         now = time.perf_counter()
+        read = out.nbytes if bytes_read is None else bytes_read
         self.ops.append(Op(name, kind, int(macs), int(elementwise), tuple(out.shape), int(out.nbytes),
-                           now - self._clock))
+                           now - self._clock, int(read), int(out.nbytes)))
         self._clock = now
 
     @property
@@ -63,6 +84,11 @@ class OpCounter:
     @property
     def elementwise(self) -> int:
         return sum(op.elementwise for op in self.ops)
+
+    @property
+    def bytes_moved(self) -> int:
+        """Compulsory bytes read plus written, over every operation."""
+        return sum(op.bytes_read + op.bytes_written for op in self.ops)
 
     @property
     def largest(self) -> Op:
@@ -77,13 +103,15 @@ class OpCounter:
         return kinds
 
     def table(self) -> str:
-        lines = [f"{'operation':34s} {'kind':12s} {'multiply-adds':>15s} {'element-wise':>13s}  output"]
+        lines = [f"{'operation':34s} {'kind':12s} {'multiply-adds':>15s} {'element-wise':>13s} "
+                 f"{'MiB moved':>9s}  output"]
         for op in self.ops:
-            lines.append(f"{op.name:34s} {op.kind:12s} {op.macs:15,d} {op.elementwise:13,d}  "
-                         f"{op.shape} {op.nbytes / 2**20:.1f} MiB")
+            moved = (op.bytes_read + op.bytes_written) / 2**20
+            lines.append(f"{op.name:34s} {op.kind:12s} {op.macs:15,d} {op.elementwise:13,d} "
+                         f"{moved:9.1f}  {op.shape} {op.nbytes / 2**20:.1f} MiB")
         big = self.largest
-        lines.append(f"{'total':34s} {'':12s} {self.macs:15,d} {self.elementwise:13,d}  "
-                     f"largest: {big.name} {big.shape}")
+        lines.append(f"{'total':34s} {'':12s} {self.macs:15,d} {self.elementwise:13,d} "
+                     f"{self.bytes_moved / 2**20:9.1f}  largest: {big.name} {big.shape}")
         return "\n".join(lines)
 
 
@@ -106,15 +134,18 @@ def linear(name: str, w: np.ndarray, out: np.ndarray, bias: np.ndarray | None) -
     """A linear layer or 1x1 convolution with weight w (out_features, in_features[, 1, 1])
     produced ``out``: every output element is a dot product over in_features, plus a bias add."""
     if _active is not None:
+        x_bytes = out.size // w.shape[0] * w.shape[1] * out.itemsize
         _active.record(name, "linear", out, macs=out.size * w.shape[1],
-                       elementwise=out.size if bias is not None else 0)
+                       elementwise=out.size if bias is not None else 0,
+                       bytes_read=x_bytes + w.nbytes + (bias.nbytes if bias is not None else 0))
 
 
 def matmul(name: str, a: np.ndarray, b: np.ndarray, out: np.ndarray) -> None:
     """out = a @ b (batched over leading axes): each output element is a dot product of length
     a.shape[-1]."""
     if _active is not None:
-        _active.record(name, "matmul", out, macs=out.size * a.shape[-1])
+        _active.record(name, "matmul", out, macs=out.size * a.shape[-1],
+                       bytes_read=a.nbytes + b.nbytes)
 
 
 def elementwise(name: str, out: np.ndarray, kind: str = "elementwise") -> None:
@@ -126,7 +157,7 @@ def elementwise(name: str, out: np.ndarray, kind: str = "elementwise") -> None:
 def reduction(name: str, x: np.ndarray, out: np.ndarray) -> None:
     """A sum of ``x`` over some axes into ``out``: one addition per element read."""
     if _active is not None:
-        _active.record(name, "reduction", out, elementwise=x.size)
+        _active.record(name, "reduction", out, elementwise=x.size, bytes_read=x.nbytes)
 
 
 def copy(name: str, out: np.ndarray) -> None:
@@ -135,8 +166,10 @@ def copy(name: str, out: np.ndarray) -> None:
         _active.record(name, "copy", out)
 
 
-def conv(name: str, w: np.ndarray, out: np.ndarray) -> None:
+def conv(name: str, w: np.ndarray, out: np.ndarray, x: np.ndarray | None = None) -> None:
     """A k x k convolution (weight (C_out, C_in/groups, kh, kw)) produced ``out``: every output
-    element is a dot product over C_in/groups * kh * kw inputs (a depthwise conv: kh * kw)."""
+    element is a dot product over C_in/groups * kh * kw inputs (a depthwise conv: kh * kw).
+    x, the input, counts towards bytes_read (with the weight) when given."""
     if _active is not None:
-        _active.record(name, "conv", out, macs=out.size * w.shape[1] * w.shape[2] * w.shape[3])
+        _active.record(name, "conv", out, macs=out.size * w.shape[1] * w.shape[2] * w.shape[3],
+                       bytes_read=w.nbytes + (x.nbytes if x is not None else 0))

@@ -11,6 +11,7 @@ from no_torch import blocked_imports, run_without_torch
 from npvit.commands.bench import _models_benchmark
 
 HAVE_TORCH = all(importlib.util.find_spec(name) is not None for name in ("torch", "timm"))
+HAVE_ORT = HAVE_TORCH and all(importlib.util.find_spec(n) is not None for n in ("onnx", "onnxruntime"))
 
 
 def test_quick_benchmark_reports_both_models_and_frameworks(tmp_path):
@@ -38,8 +39,29 @@ def test_quick_benchmark_reports_both_models_and_frameworks(tmp_path):
         assert row["npvit_tracemalloc_bytes"] > 0 and row["npvit_peak_rss_bytes"] is not None
         assert (row.get("torch_peak_rss_bytes") is not None) == HAVE_TORCH
     assert result["profile"]["rows"]
+    for row in result["inference"]:                # ONNX Runtime beside torch when installed
+        assert ("ort_ratio" in row) == HAVE_ORT
+    if HAVE_ORT:
+        for info in result["models"].values():
+            assert info["max_abs_logit_difference_onnxruntime"] < 1e-4   # the same weights ran
+    frameworks = {"npvit"} | ({"torch"} if HAVE_TORCH else set()) | ({"onnxruntime"} if HAVE_ORT else set())
+    for name in ("mobilevit_xxs", "mobilevitv2_050"):   # thread rows: 1 thread and every CPU
+        rows = [t for t in result["threads"] if t["model"] == name]
+        assert {t["framework"] for t in rows} == frameworks and {t["threads"] for t in rows} >= {1}
+        assert all(t["s"] > 0 and t["batch"] == 2 for t in rows)
+    limits = result["limits"]
+    assert limits["copy_gb_per_s"] > 0 and limits["copy_dram_gb_per_s"] > 0 and limits["sgemm_gflop_per_s"] > 0
+    for name, profile in result["op_classes"].items():   # every op class against its limit
+        classes = {r["class"]: r for r in profile["rows"]}
+        assert {"dense conv (GEMM)", "depthwise conv", "SiLU", "norm", "other"} <= set(classes)
+        for r in classes.values():
+            if r["class"] != "other":
+                assert r["calls"] > 0 and r["gb_per_s"] > 0 and r["over_bound"] > 0
+        assert classes["dense conv (GEMM)"]["gflop_per_s"] > 0 and classes["SiLU"]["gflop_per_s"] is None
+        assert abs(sum(r["ms"] for r in profile["rows"]) - profile["total_s"] * 1e3) < 1e-6
     text = md.read_text()
-    for heading in ("## Inference", "## Training step", "## Peak memory", "## Where npvit"):
+    for heading in ("## Inference", "### Thread scaling", "## Training step", "## Peak memory",
+                    "## Each op class against its own limit", "## Where npvit"):
         assert heading in text
 
 

@@ -4,9 +4,13 @@
 * ``ConvNormAct`` in eval under ``no_grad()`` (folded) == eval with gradients on (conv, BN);
 * whole models: ``no_grad()`` inference == the plain eval forward;
 * in-place SiLU and softmax == their out-of-place versions (and the backward from the
-  in-place cache is the same).
+  in-place cache is the same);
+* ``npvit.set_num_threads(2)`` (images of a batch in a thread pool, BLAS on one thread each) ==
+  one thread, bit for bit, for a model's batch and for ``npvit predict --threads``.
 Bound: relative to the output's scale, 1e-10 in float64 and 1e-5 in float32.
 """
+import json
+
 import numpy as np
 import pytest
 from hypothesis import given
@@ -122,3 +126,108 @@ def test_in_place_softmax_equals_out_of_place(seed, axis, dtype):
     y_in_place, _ = F.softmax_forward(x_owned, axis, inplace=True)
     assert y_in_place is x_owned
     assert_same(y_in_place, y, dtype)
+
+
+@pytest.fixture
+def restore_threads():
+    """set_num_threads changes process-wide state: shut its pool and lift its BLAS limit after."""
+    from npvit import threads
+    yield
+    if threads._pool is not None:
+        threads._pool.shutdown()
+    if threads._blas_limit is not None:
+        threads._blas_limit.restore_original_limits()
+    threads._pool = threads._blas_limit = threads._num_threads = None
+
+
+def test_a_batch_on_two_threads_equals_one_thread(restore_threads):
+    model = npvit.create_model("mobilevitv2_050").eval()
+    x = np.random.default_rng(0).random((3, 3, 64, 64), dtype=np.float32)
+    with no_grad():
+        assert npvit.set_num_threads(1) == 1
+        one = model(x)
+        assert npvit.set_num_threads(2) == npvit.get_num_threads() == 2
+        two = model(x)
+    assert np.array_equal(one, two)
+
+
+def test_predict_with_two_threads_prints_what_one_thread_prints(tmp_path, capsys, restore_threads):
+    from PIL import Image
+    from npvit.cli import main
+    rng = np.random.default_rng(1)
+    paths = []
+    for i in range(3):
+        paths.append(str(tmp_path / f"{i}.png"))
+        Image.fromarray((rng.random((40, 50, 3)) * 255).astype(np.uint8)).save(paths[-1])
+    (tmp_path / "bad.png").write_text("not an image")
+    paths.insert(1, str(tmp_path / "bad.png"))
+    outputs = []
+    for threads in ("1", "2"):
+        args = ["predict", *paths, "--size", "32", "--topk", "2", "--json", "--threads", threads]
+        assert main(args) == 1                    # one unusable image: exit code 1, others done
+        out, err = capsys.readouterr()
+        assert err.count("npvit: error:") == 1 and "bad.png" in err
+        outputs.append([json.loads(line) for line in out.splitlines()])
+    assert [r["image"] for r in outputs[0]] == [paths[0], paths[2], paths[3]]
+    assert outputs[0] == outputs[1]
+
+
+@given(st.integers(0, 2**32 - 1), st.integers(1, 70), DTYPES)
+def test_norm_means_as_matrix_vector_products_equal_np_mean(seed, width, dtype):
+    """Layer and group norm take their last-axis means as x @ (1/D): the same standardisation as
+    np.mean's (offset and scaled inputs, so the centring matters)."""
+    rng = np.random.default_rng(seed)
+    x = (rng.standard_normal((2, 3, width)) * 5 + 3).astype(dtype)
+    gamma, beta = rng.standard_normal(width).astype(dtype), rng.standard_normal(width).astype(dtype)
+    mean = x.mean(axis=-1, keepdims=True)
+    plain_hat = (x - mean) / np.sqrt(np.square(x - mean).mean(axis=-1, keepdims=True) + 1e-5)
+    y, _ = F.layernorm_forward(x, gamma, beta)
+    assert_same(y, plain_hat * gamma + beta, dtype)
+    xg = x.reshape(2, 3, width, 1)                # 3 channels, one group over (C, width)
+    flat = xg.reshape(2, -1)
+    m = flat.mean(axis=-1, keepdims=True)
+    plain_g = ((flat - m) / np.sqrt(np.square(flat - m).mean(axis=-1, keepdims=True) + 1e-5))
+    gamma_c, beta_c = rng.standard_normal(3).astype(dtype), rng.standard_normal(3).astype(dtype)
+    y_g, _ = F.groupnorm_forward(xg, 1, gamma_c, beta_c)
+    assert_same(y_g, plain_g.reshape(xg.shape) * gamma_c.reshape(1, 3, 1, 1)
+                + beta_c.reshape(1, 3, 1, 1), dtype)
+
+
+def test_no_grad_applies_to_its_own_thread_only():
+    """Threads of npvit.set_num_threads enter and leave no_grad at different times: one
+    thread's block must not turn gradients off (or back on) in another."""
+    import threading
+    from npvit.nn import is_grad_enabled
+    seen = []
+    with no_grad():
+        worker = threading.Thread(target=lambda: seen.append(is_grad_enabled()))
+        worker.start()
+        worker.join()
+        assert not is_grad_enabled()
+    assert seen == [True] and is_grad_enabled()
+
+
+def test_eval_with_two_threads_reports_what_one_thread_reports(tmp_path, capsys, monkeypatch,
+                                                               restore_threads):
+    """Decoding in the pool ahead of the forwards (and the forwards' images in the pool) changes
+    nothing: same accuracy, same skipped image, same JSON."""
+    from PIL import Image
+    from npvit.cli import main
+    from npvit.weights import save_npz
+    monkeypatch.setenv("NPVIT_HOME", str(tmp_path / "cache"))
+    weights = save_npz(npvit.create_model("mobilevitv2_050").state_dict(), tmp_path / "w.npz")
+    rng = np.random.default_rng(3)
+    folder = tmp_path / "val"
+    folder.mkdir()
+    for i, wnid in enumerate(["n01440764", "n01443537"] * 3):
+        Image.fromarray((rng.random((40, 44, 3)) * 255).astype(np.uint8)).save(
+            folder / f"{wnid}_{i}.png")
+    (folder / "n01440764_bad.png").write_text("not an image")
+    outputs = []
+    for threads in ("1", "2"):
+        assert main(["eval", str(folder), "--weights", str(weights), "--size", "32",
+                     "--batch-size", "4", "--json", "--threads", threads]) == 1   # one skipped
+        out, err = capsys.readouterr()
+        assert err.count("npvit: error:") == 1 and "n01440764_bad.png" in err
+        outputs.append(json.loads(out))
+    assert outputs[0] == outputs[1] and outputs[0]["images"] == 6

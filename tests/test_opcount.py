@@ -96,3 +96,24 @@ def test_separable_attention_peak_memory_is_linear_in_k():
     assert peak2 < k2 * k2 * 4 / 100
     # the same measurement does see MHA's k x k scores (so tracemalloc is watching NumPy)
     assert peak_bytes(mha(rng, 2 ** 11)) > HEADS * (2 ** 11) ** 2 * 4
+
+
+def test_bytes_moved_are_each_input_read_once_and_the_output_written_once():
+    """Multi-head attention with k tokens of width d: the counter's compulsory traffic of each
+    kind of report, checked against the arrays' sizes computed here."""
+    rng = np.random.default_rng(0)
+    k, d = 64, D
+    x, w_qkv, b_qkv, w_proj, b_proj = params(rng, (1, k, d), (3 * d, d), (3 * d,), (d, d), (d,))
+    with count_ops() as counter:
+        F.multi_head_attention_forward(x, w_qkv, b_qkv, w_proj, b_proj, HEADS)
+    ops = {op.name: op for op in counter.ops}
+    item = 4
+    qkv = ops["q, k, v = x W_qkv^T + b"]
+    assert qkv.bytes_read == x.nbytes + w_qkv.nbytes + b_qkv.nbytes
+    assert qkv.bytes_written == k * 3 * d * item
+    scores = ops["scores = q k^T"]        # q (1, h, k, d/h) and k^T (1, h, d/h, k) -> (1, h, k, k)
+    assert scores.bytes_read == 2 * k * d * item and scores.bytes_written == HEADS * k * k * item
+    softmax = ops["softmax over keys"]
+    assert softmax.bytes_read == softmax.bytes_written == HEADS * k * k * item
+    assert counter.bytes_moved == sum(op.bytes_read + op.bytes_written for op in counter.ops)
+    assert all(op.gb_per_s > 0 for op in counter.ops if op.seconds > 0)

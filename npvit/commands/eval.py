@@ -49,7 +49,8 @@ from ..data import (DEFAULT_CROP_SIZE, MIN_SIDE, image_files, imagenet_classes, 
 from ..errors import NpvitError, error_line
 from ..inference import (DEFAULT_MODEL, PREPROCESS_CHOICES, check_size, class_names, classify,
                          load_model, model_file_settings, pipeline_for)
-from .options import add_model_and_weights
+from ..threads import map_in_order
+from .options import add_model_and_weights, add_threads, apply_threads
 
 _WNID_PREFIX = re.compile(r"^(n\d{8})(?!\d)")   # "n01440764_10026.JPEG" -> "n01440764"
 
@@ -161,6 +162,7 @@ class Tally:
 
 
 def run(args) -> int:
+    apply_threads(args)
     from ..detection.coco_folder import is_coco_folder
     if is_coco_folder(args.directory):          # COCO layout: detection mAP (detection/evaluate.py)
         from ..detection.evaluate import run as run_detection
@@ -202,13 +204,21 @@ def run(args) -> int:
     num_classes = model.head.fc.weight.shape[0]
     tally, skipped, batch, labels = Tally(num_classes), 0, [], []
     with tqdm(total=len(samples), unit="img", desc=model.name, disable=None) as bar:
-        for i, (path, label) in enumerate(samples):
+        def decode(sample):
+            """(input array, None) or (None, error message); in the --threads pool, ahead of
+            the forward passes."""
+            path = sample[0]
             try:
-                batch.append(preprocess(load_image(path), pipeline, crop_size=args.size,
-                                        resize_size=resize))
-                labels.append(label)
+                return preprocess(load_image(path), pipeline, crop_size=args.size,
+                                  resize_size=resize), None
             except NpvitError as e:
-                message = str(e) if str(e).startswith(str(path)) else f"{path}: {e}"
+                return None, str(e) if str(e).startswith(str(path)) else f"{path}: {e}"
+
+        for i, ((path, label), (x, message)) in enumerate(zip(samples, map_in_order(decode, samples))):
+            if x is not None:
+                batch.append(x)
+                labels.append(label)
+            else:
                 tqdm.write(error_line(message), file=sys.stderr)
                 skipped += 1
             if batch and (len(batch) == args.batch_size or i == len(samples) - 1):
@@ -274,6 +284,7 @@ def add_parser(sub):
     p.add_argument("directory", metavar="DIR", help="DIR/<wnid>/<image> or DIR/<wnid>_*.JPEG; or a "
                    "COCO folder (DIR/annotations/instances_*.json + images): detection mAP")
     add_model_and_weights(p)
+    add_threads(p)
     p.add_argument("--batch-size", type=int, default=16, help="images per forward pass (default 16)")
     p.add_argument("--limit", type=int, metavar="N", help="evaluate N images spread over the folder")
     p.add_argument("--size", type=int,

@@ -20,3 +20,21 @@ def check_seed(seed: int) -> int:
     if seed < 0:
         raise NpvitError(f"--seed must be a non-negative integer, got {seed}")
     return seed
+
+
+def add_threads(p) -> None:
+    """--threads N: npvit.set_num_threads(N) (images in a pool of N threads, BLAS on one)."""
+    p.add_argument("--threads", type=int, metavar="N",
+                   help="CPU threads: images run in a pool of N threads, each BLAS call on one "
+                        "(0 = every CPU; default: one image at a time, BLAS as the environment "
+                        "sets it)")
+
+
+def apply_threads(args) -> None:
+    """Check and apply --threads (before any work starts)."""
+    if getattr(args, "threads", None) is None:
+        return
+    if args.threads < 0:
+        raise NpvitError(f"--threads must be 0 (every CPU) or a positive number, got {args.threads}")
+    from ..threads import set_num_threads
+    set_num_threads(args.threads)

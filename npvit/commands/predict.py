@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import threading
 
 from ..data import DEFAULT_CROP_SIZE, example_image_path, load_image, preprocess
 from ..errors import NpvitError, error_line
@@ -32,7 +33,8 @@ from ..inference import (DEFAULT_MODEL, PREPROCESS_CHOICES, RANDOM_WEIGHTS, chec
                          top_k)
 from ..models import list_models
 from ..weights import cache_dir
-from .options import add_model_and_weights, check_seed
+from ..threads import map_in_order
+from .options import add_model_and_weights, add_threads, apply_threads, check_seed
 
 
 class _LazyModel:
@@ -41,8 +43,13 @@ class _LazyModel:
 
     def __init__(self, args):
         self.args, self.model, self.source, self.class_names = args, None, None, None
+        self._lock = threading.Lock()           # images may be read in a thread pool (--threads)
 
     def get(self):
+        with self._lock:
+            return self._load()
+
+    def _load(self):
         if self.model is None:
             args = self.args
             self.model, self.source = load_model(args.model, args.weights, fallback_random=True,
@@ -72,6 +79,7 @@ def run(args) -> int:
     if args.weights is None and args.model is None:
         args.model = DEFAULT_MODEL
     check_seed(args.seed)
+    apply_threads(args)
     _, args.preprocess, args.size, resize = model_file_settings(args.weights, args.preprocess,
                                                                 args.size)
     if args.topk < 1:
@@ -84,23 +92,29 @@ def run(args) -> int:
         print(f"npvit predict: no IMAGE given, classifying the example photo {images[0]}",
               file=sys.stderr)
 
-    lazy, failures = _LazyModel(args), 0
-    for image_path in images:
+    lazy = _LazyModel(args)
+
+    def classify_one(image_path):
+        """(model, rows) or (None, error line) for one image; runs in the --threads pool."""
         try:
             image = load_image(image_path)
         except NpvitError as e:   # one line naming the file; carry on with the next one
-            print(error_line(e), file=sys.stderr)
-            failures += 1
-            continue
+            return None, error_line(e)
         model = lazy.get()
         pipeline = pipeline_for(model.name, args.preprocess)
         try:
             x = preprocess(image, pipeline, crop_size=args.size, resize_size=resize)[None]
         except NpvitError as e:   # e.g. a panorama too elongated to resize
-            print(error_line(f"{image_path}: {e}"), file=sys.stderr)
+            return None, error_line(f"{image_path}: {e}")
+        return model, top_k(classify(model, x)[0], args.topk, lazy.class_names)
+
+    failures = 0
+    for image_path, (model, rows) in zip(images, map_in_order(classify_one, images)):
+        if model is None:
+            print(rows, file=sys.stderr)
             failures += 1
             continue
-        rows = top_k(classify(model, x)[0], args.topk, lazy.class_names)
+        pipeline = pipeline_for(model.name, args.preprocess)
         if args.json:
             print(json.dumps({"image": image_path, "model": model.name, "weights": lazy.source,
                               "preprocess": pipeline, "size": args.size,
@@ -126,4 +140,5 @@ def add_parser(sub):
                         "hf = the Hugging Face port's")
     p.add_argument("--json", action="store_true", help="one JSON object per image (JSON lines)")
     p.add_argument("--seed", type=int, default=0, help="seed of the random weights, when used")
+    add_threads(p)
     p.set_defaults(func=run)

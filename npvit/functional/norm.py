@@ -14,10 +14,20 @@ from __future__ import annotations
 import numpy as np
 
 
+def _mean(a, axes):
+    """Mean over ``axes``, kept as size-1 axes. Over the last axis it is a matrix-vector product
+    with a vector of 1/D (BLAS): layer norm's rows are short (D = 64-240 channels per token),
+    where np.mean's per-row reduction is about twice as slow (A/B in one process, float32
+    (4, 256, 64): 0.118 ms -> 0.062 ms for the whole standardisation)."""
+    if axes == -1:
+        return np.matmul(a, np.full(a.shape[-1], 1.0 / a.shape[-1], dtype=a.dtype))[..., None]
+    return a.mean(axis=axes, keepdims=True)
+
+
 def _standardize_forward(x, axes, eps):
-    mean = x.mean(axis=axes, keepdims=True)
+    mean = _mean(x, axes)
     x_hat = x - mean                                     # centred now, standardised in place below
-    var = np.square(x_hat).mean(axis=axes, keepdims=True)   # biased, in the working dtype
+    var = _mean(np.square(x_hat), axes)                  # biased, in the working dtype
     inv_std = 1.0 / np.sqrt(var + eps)
     x_hat *= inv_std
     return x_hat, inv_std, mean, var

@@ -20,7 +20,8 @@ import numpy as np
 from ..data import check_input
 from ..errors import NpvitError
 from ..nn import (ConvNormAct, Dropout, GlobalAvgPool, Identity, Linear, Module, Sequential,
-                  is_grad_enabled)
+                  is_grad_enabled, no_grad)
+from ..threads import map_in_order
 
 OUTPUT_STRIDES = (8, 16, 32)
 
@@ -94,14 +95,22 @@ class MobileViTNet(Module):
     # statistics), so the logits are the same either way, but one image's activations (a few
     # MB) stay in the CPU caches where a batch's stream from memory: 20-35% faster at batch 8
     # on the benchmark machine (docs/benchmark.md). Training and backward always see the batch.
+    # With npvit.set_num_threads(n > 1) the chunks run in a pool of n threads (npvit/threads.py).
     inference_chunk: int | None = 1
 
     def forward(self, x):
         x = check_input(x).astype(self.dtype, copy=False)
         n = self.inference_chunk
         if n and len(x) > n and not self.training and not is_grad_enabled():
-            return np.concatenate([self._logits(x[i:i + n]) for i in range(0, len(x), n)])
+            chunks = [x[i:i + n] for i in range(0, len(x), n)]
+            return np.concatenate(list(map_in_order(self._inference_logits, chunks)))
         return self._logits(x)
+
+    def _inference_logits(self, x):
+        """_logits under no_grad, which is per thread: this may run in the pool of
+        npvit.set_num_threads."""
+        with no_grad():
+            return self._logits(x)
 
     def _logits(self, x):
         x = self.stages.forward(self.stem.forward(x))
@@ -114,7 +123,6 @@ class MobileViTNet(Module):
     def forward_features(self, x) -> dict[int, np.ndarray]:
         """Feature maps by output stride {2, 4, 8, 16, 32}: the outputs of stages 0-4 (the last
         one before v1's final 1x1 conv). Inference only: computed under no_grad."""
-        from ..nn import no_grad
         x = check_input(x).astype(self.dtype, copy=False)
         feats = {}
         with no_grad():

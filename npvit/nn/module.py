@@ -14,6 +14,7 @@ Gradients accumulate like PyTorch's; call ``zero_grad()`` between steps.
 from __future__ import annotations
 
 import contextlib
+import threading
 from collections import OrderedDict
 from typing import Iterator
 
@@ -21,23 +22,25 @@ import numpy as np
 
 from ..errors import NpvitError
 
-_GRAD_ENABLED = True
+# Per thread, like torch's: images run in a thread pool (npvit.set_num_threads), and one thread
+# leaving its no_grad block must not switch gradients back on under another thread's forward.
+_grad = threading.local()
 
 
 @contextlib.contextmanager
 def no_grad():
     """Inside this block layers keep no caches, so activations are freed as soon as the next
-    layer has used them (inference memory like PyTorch's no_grad); backward is unavailable."""
-    global _GRAD_ENABLED
-    previous, _GRAD_ENABLED = _GRAD_ENABLED, False
+    layer has used them (inference memory like PyTorch's no_grad); backward is unavailable.
+    It applies to the thread that enters it."""
+    previous, _grad.enabled = is_grad_enabled(), False
     try:
         yield
     finally:
-        _GRAD_ENABLED = previous
+        _grad.enabled = previous
 
 
 def is_grad_enabled() -> bool:
-    return _GRAD_ENABLED
+    return getattr(_grad, "enabled", True)
 
 
 class Parameter:
@@ -104,7 +107,7 @@ class Module:
 
     def save_cache(self, cache) -> None:
         """Keep what backward needs, unless inside ``no_grad()``."""
-        self._cache = cache if _GRAD_ENABLED else None
+        self._cache = cache if is_grad_enabled() else None
 
     def pop_cache(self):
         """The cache of the last forward; backward frees it so memory does not pile up."""
