@@ -11,7 +11,10 @@ and `npvit verify` share, usable from Python too.
 Where the weights come from (`load_model`), in this order:
   1. ``weights=PATH``: that checkpoint, any format and key layout npvit reads (.pt/.pth in the
      ml-cvnets, Hugging Face or timm layout, .safetensors, .npz), checked strictly against the
-     model — a file for another variant is refused in one line listing what differs.
+     model — a file for another variant is refused in one line saying which it holds. A
+     model file written by `npvit finetune` (npvit.weights.meta) also brings its number of
+     classes and their names (``model.meta``; `class_names`), and `model_file_settings` its
+     input size and preprocessing.
   2. the official weights in the cache (``npvit download NAME`` puts them there; a cached
      official ``.pt`` without its ``.npz`` is converted once, offline).
   3. ``download=True``: fetch them (the only case that touches the network).
@@ -35,8 +38,8 @@ from .errors import NpvitError
 from .functional import softmax_forward
 from .models import MobileViTNet, create_model, list_models
 from .nn import no_grad
-from .weights import (cache_dir, convert_checkpoint, load_model_file, local_weights, official,
-                      pretrained_path, read_model_meta)
+from .weights import (cache_dir, convert_cached, convert_checkpoint, load_model_file,
+                      local_weights, official, pretrained_path, read_model_meta)
 from .weights.keymap import LAYOUT_NAMES
 
 # The smallest MobileViTv2 (1.37 M parameters, 70.18% top-1): quick on a laptop CPU, and its
@@ -115,7 +118,7 @@ def load_model(name: str | None = None, weights=None, fallback_random: bool = Fa
             path = pretrained_path(name)   # downloads and converts; offline: one-line NpvitError
         if path is not None:
             model = create_model(name)
-            model.load_state_dict(convert_checkpoint(path, model=name).state)
+            model.load_state_dict(convert_cached(path, name).state)
             source = f"official weights ({path})"
         elif fallback_random:
             model, source = create_model(name, seed=seed), RANDOM_WEIGHTS

@@ -56,7 +56,7 @@ def test_eval_on_a_coco_folder_and_models_listing(tmp_path):
     (root / "annotations").mkdir(parents=True)
     (root / "val2017").mkdir()
     images, annotations = [], []
-    for i in range(3):
+    for i in range(2):
         _photo(root / "val2017" / f"{i:012d}.jpg", i)
         images.append({"id": i + 1, "file_name": f"{i:012d}.jpg", "width": 200, "height": 150})
         annotations.append({"id": i + 1, "image_id": i + 1, "category_id": 3, "iscrowd": 0,
@@ -72,7 +72,7 @@ def test_eval_on_a_coco_folder_and_models_listing(tmp_path):
     assert out.returncode == 1, out.stderr                     # the empty file was skipped
     assert "000000000009.jpg: the file is empty" in out.stderr
     result = json.loads(out.stdout)
-    assert result["model"] == NAME and result["images"] == 3 and result["skipped"] == 1
+    assert result["model"] == NAME and result["images"] == 2 and result["skipped"] == 1
     assert 0.0 <= result["AP"] <= result["AP50"] <= 1.0 and result["AP_small"] == -1.0
 
     out = _npvit(["eval", "coco"], tmp_path)                   # no weights: says how to get them
@@ -83,3 +83,19 @@ def test_eval_on_a_coco_folder_and_models_listing(tmp_path):
     rows = [line.split() for line in out.stdout.splitlines()[1:-1]]
     assert [r[0] for r in rows] == npvit.list_models(task="detection")
     assert rows[3][:4] == [NAME, "cvnets-v0.2", "2,035,395", "21.24"]
+
+
+@pytest.mark.parametrize("bad", [
+    "{not json", json.dumps({"images": []}),
+    json.dumps({"images": [{"id": 1, "file_name": "a.jpg"}], "categories": [{"id": 1}],
+                "annotations": [{"id": 1, "image_id": 1, "category_id": 1, "bbox": [0, 0, "w", 4]}]}),
+    json.dumps({"images": [{"id": 1, "file_name": "../a.jpg"}], "categories": [], "annotations": []}),
+])
+def test_a_bad_instances_file_is_one_line(tmp_path, bad):
+    from npvit.detection.coco_folder import read_coco_folder
+    from npvit.errors import NpvitError
+    (tmp_path / "annotations").mkdir()
+    (tmp_path / "annotations" / "instances_val2017.json").write_text(bad)
+    with pytest.raises(NpvitError) as err:
+        read_coco_folder(tmp_path)
+    assert "instances_val2017.json" in str(err.value) and "\n" not in str(err.value)

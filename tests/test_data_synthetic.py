@@ -1,14 +1,13 @@
 """The synthetic shapes task: deterministic per seed, and its boxes and masks are exactly the
 drawn object (npvit/data/synthetic.py)."""
 import json
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 from hypothesis import given, strategies as st
 from PIL import Image
 
+from npvit.cli import main
 from npvit.data.synthetic import (MARGIN, OBJECT_GRAIN, SHAPES, make_synthetic, read_boxes,
                                   write_image_folder)
 from npvit.errors import NpvitError
@@ -82,7 +81,8 @@ def test_written_folder_reads_back_as_image_folder_masks_and_boxes(tmp_path):
 
 def test_bad_arguments_are_one_line(tmp_path):
     for kwargs in ({"n": 0}, {"n": 2, "size": 16}, {"n": 2, "num_classes": 1},
-                   {"n": 2, "num_classes": len(SHAPES) + 1}, {"n": 2, "seed": -1}):
+                   {"n": 2, "num_classes": len(SHAPES) + 1}, {"n": 2, "seed": -1},
+                   {"n": 10**6, "size": 1024}):
         with pytest.raises(NpvitError):
             make_synthetic(**kwargs)
     (tmp_path / "boxes.json").write_text("{}")
@@ -90,15 +90,10 @@ def test_bad_arguments_are_one_line(tmp_path):
         read_boxes(tmp_path / "boxes.json")
 
 
-def _npvit(*args, cwd):
-    return subprocess.run([sys.executable, "-m", "npvit", *map(str, args)], cwd=cwd,
-                          capture_output=True, text=True, timeout=120)
-
-
-def test_cli_writes_train_and_val_at_once_and_never_overwrites(tmp_path):
-    out = _npvit("synthetic", "shapes", "--train", 8, "--val", 4, "--size", 32, "--seed", 5,
-                 cwd=tmp_path)
-    assert out.returncode == 0, out.stderr
+def test_cli_writes_train_and_val_at_once_and_never_overwrites(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    assert main(["synthetic", "shapes", "--train", "8", "--val", "4", "--size", "32",
+                 "--seed", "5"]) == 0
     assert sorted(p.name for p in tmp_path.iterdir()) == ["shapes"]     # no temporary left over
     root = tmp_path / "shapes"
     split = find_image_folder(root)
@@ -109,10 +104,27 @@ def test_cli_writes_train_and_val_at_once_and_never_overwrites(tmp_path):
     for i, record in enumerate(val):
         np.testing.assert_array_equal(np.asarray(Image.open(root / record["image"])),
                                       expected.images[8 + i])
+    capsys.readouterr()
 
-    again = _npvit("synthetic", "shapes", cwd=tmp_path)
-    assert again.returncode == 2 and again.stderr.count("\n") == 1
-    assert again.stderr.startswith("npvit: error: shapes already exists")
-    bad = _npvit("synthetic", "other", "--classes", 9, cwd=tmp_path)
-    assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "2 to 8 classes" in bad.stderr
-    assert not (tmp_path / "other").exists()
+    def one_line_error(argv):
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and err.startswith("npvit: error: ")
+        return err
+
+    assert "shapes already exists" in one_line_error(["synthetic", "shapes"])
+    assert "2 to 8 classes" in one_line_error(["synthetic", "other", "--classes", "9"])
+    assert "--val must be at least 0" in one_line_error(["synthetic", "other", "--val", "-1"])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["shapes"]
+
+
+def test_an_interrupted_cli_run_leaves_nothing(tmp_path, monkeypatch):
+    import npvit.commands.synthetic as command
+
+    def fail(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(command, "write_image_folder", fail)
+    assert main(["synthetic", "shapes", "--train", "2", "--val", "2", "--size", "32"]) == 130
+    assert list(tmp_path.iterdir()) == []

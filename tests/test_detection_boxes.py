@@ -144,3 +144,20 @@ def test_coco_classes():
         rows = [line.split("\t") for line in table.read_text().splitlines()[2:]]
         assert [(int(c), n, int(i)) for c, n, i in rows] == [(c.column, c.name, c.category_id)
                                                             for c in classes]
+
+
+def test_detector_preprocessing_is_each_releases(torch):
+    """v0.2+: torchvision F.resize(PIL, (320, 320), BICUBIC) then /255, RGB (ml-cvnets'
+    COCODetection evaluation transforms); v0.1: the OpenCV-bilinear emulation, BGR."""
+    from PIL import Image
+    from torchvision.transforms import InterpolationMode
+    from torchvision.transforms import functional as TF
+    from npvit.data import preprocess_resized
+    from npvit.data.preprocess import resize_opencv_bilinear
+    image = Image.fromarray(np.random.default_rng(0).integers(0, 256, (150, 203, 3), dtype=np.uint8))
+    ref = TF.pil_to_tensor(TF.resize(image, [320, 320], InterpolationMode.BICUBIC)).numpy() / 255
+    np.testing.assert_allclose(preprocess_resized(image, "cvnets-v2", 320, 320), ref, atol=1e-7)
+    bgr = preprocess_resized(image, "cvnets-v1", 320, 320)
+    expected = resize_opencv_bilinear(np.asarray(image), 320, 320).transpose(2, 0, 1)[::-1] / 255
+    np.testing.assert_allclose(bgr, expected, atol=1e-7)
+    assert bgr.shape == (3, 320, 320) and bgr.dtype == np.float32

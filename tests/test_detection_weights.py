@@ -90,3 +90,27 @@ def test_manifest_knows_the_eleven_files():
             from test_detection_models import counts_row
             row = urls[counts_row(name)]
             assert (entry.url, entry.params, entry.map) == (row[10], int(row[2]), float(row[9]))
+
+
+def test_download_then_pretrained_true(torch, monkeypatch, server, tmp_path):
+    """`npvit download NAME` for a detector: fetched from its manifest URL (here a loopback
+    server), converted once to .npz, then create_model(NAME, pretrained=True) loads it."""
+    import dataclasses
+    import io
+    import npvit
+    from npvit.weights import DETECTION, pretrained_path
+    from ssd_reference import official_state, random_reference
+    name = "ssdlite_mobilevitv2_050_coco"
+    buffer = io.BytesIO()
+    torch.save(official_state(random_reference("mobilevitv2_050", seed=5, dtype="float32")), buffer)
+    entry = DETECTION[name]
+    server.files["/d/" + entry.file_name] = buffer.getvalue()
+    monkeypatch.setitem(DETECTION, name, dataclasses.replace(entry, url=f"{server.url}/d/{entry.file_name}"))
+    monkeypatch.setenv("NPVIT_HOME", str(tmp_path / "cache"))
+    npz = pretrained_path(name, progress=False)
+    assert npz.name == f"{name}.npz" and (tmp_path / "cache" / entry.file_name).is_file()
+    model = npvit.create_model(name, pretrained=True)
+    expected = npvit.create_model(name, pretrained=str(tmp_path / "cache" / entry.file_name))
+    for (k, a), (_, b) in zip(model.state_dict().items(), expected.state_dict().items()):
+        np.testing.assert_array_equal(a, b, err_msg=k)
+    assert server.requests == ["/d/" + entry.file_name]

@@ -78,16 +78,19 @@ def _pixel_arrays(case):
 
 
 @with_torch
-@given(pixel_ce_cases())
-def test_pixel_cross_entropy_equals_torch_with_ignore_index(torch, case):
+@given(pixel_ce_cases(), DTYPES)
+def test_pixel_cross_entropy_equals_torch_with_ignore_index(torch, case, dtype):
     logits, targets, ignore = _pixel_arrays(case)
+    logits = logits.astype(dtype)
     loss, cache = F.pixel_cross_entropy_forward(logits, targets, ignore)
     dlogits = F.pixel_cross_entropy_backward(cache)
+    assert dlogits.dtype == dtype
     z = torch.tensor(logits, requires_grad=True)
     ref = torch.nn.functional.cross_entropy(z, torch.tensor(targets), ignore_index=ignore)
     ref.backward()
-    assert loss == pytest.approx(ref.item(), rel=1e-12, abs=1e-12)
-    assert_close(dlogits, z.grad.numpy(), np.float64, "pixel cross entropy dlogits")
+    tol = 1e-12 if dtype == np.float64 else 1e-5
+    assert loss == pytest.approx(ref.item(), rel=tol, abs=tol)
+    assert_close(dlogits, z.grad.numpy(), dtype, "pixel cross entropy dlogits")
     assert not dlogits.transpose(0, 2, 3, 1)[targets == ignore].any()
 
 

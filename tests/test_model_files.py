@@ -5,7 +5,6 @@ are one line each."""
 import json
 import os
 import re
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -152,6 +151,9 @@ def test_mismatches_are_one_line_and_unnamed_weights_say_so(shapes, model_file, 
     assert "did you mean" in _one_line(capsys, ["eval", shapes, "--weights", model_file])
     # a model file of another model than --model
     image = tmp_path / "pets" / "cat" / "a.png"
+    for box in (["5", "5", "2", "9"], ["nan", "0", "4", "4"]):
+        assert "--box needs" in _one_line(capsys, ["scoremap", image, "--weights", model_file,
+                                                   "--box", *box])
     for command in (["predict", image], ["eval", shapes / "val"], ["scoremap", image]):
         err = _one_line(capsys, [*command, "--weights", model_file, "--model", "mobilevit_xxs"])
         assert f"is a {NAME} model (4 classes), not mobilevit_xxs" in err

@@ -210,7 +210,8 @@ def test_damaged_checkpoints_are_refused_in_one_line(folder, tmp_path, capsys):
     (["--weight-decay", "inf"], "--weight-decay"), (["--weight-decay", "-1"], "--weight-decay"),
     (["--seed", "-1"], "--seed"), (["--label-smoothing", "1"], "--label-smoothing"),
     (["--crop-scale", "0", "1"], "--crop-scale"), (["--crop-scale", "0.9", "0.5"], "--crop-scale"),
-    (["--epochs", "0"], "--epochs"), (["--recipe", "cifar"], "invalid choice")])
+    (["--epochs", "0"], "--epochs"), (["--size", "100000"], "--size 100000 is too large"),
+    (["--recipe", "cifar"], "invalid choice")])
 def test_bad_hyper_parameters_are_refused_up_front(folder, tmp_path, capsys, flags, words):
     out = tmp_path / "run"
     argv = finetune(folder, out, *flags)

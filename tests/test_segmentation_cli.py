@@ -9,6 +9,7 @@ import pytest
 from PIL import Image
 
 import npvit
+from npvit.cli import main
 from npvit.data import load_image, segmentation_classes
 from npvit.segmentation.datasets import read_target
 from npvit.segmentation.inference import segment
@@ -104,7 +105,8 @@ def test_eval_on_a_voc_folder_equals_the_hand_count(tmp_path, voc_folder):
     assert blocked_imports(tmp_path / "hook") == []
 
 
-def test_eval_reports_a_bad_pair_in_one_line_and_refuses_a_classifier_or_wrong_dataset(tmp_path, voc_folder):
+def test_eval_reports_a_bad_pair_in_one_line_and_refuses_a_classifier_or_wrong_dataset(
+        tmp_path, voc_folder, monkeypatch, capsys):
     root, weights, _ = voc_folder
     broken = tmp_path / "voc"
     (broken / "JPEGImages").mkdir(parents=True)
@@ -119,12 +121,13 @@ def test_eval_reports_a_bad_pair_in_one_line_and_refuses_a_classifier_or_wrong_d
     errors = [line for line in out.stderr.splitlines() if line.startswith("npvit: error:")]
     assert len(errors) == 1 and "img1.png" in errors[0]
     assert "mIoU" in out.stdout
+    monkeypatch.setenv("NPVIT_HOME", str(tmp_path))
     for extra, message in ((["--model", "mobilevitv2_050"], "is a classifier"),
                            (["--model", ADE_MODEL], "predicts ade20k classes"),
                            ([], "name the model with --model")):
-        args = ["-m", "npvit", "eval", str(root), *extra]
-        out = run_without_torch(args, tmp_path / "hook", env={**os.environ, "NPVIT_HOME": str(tmp_path)})
-        assert out.returncode == 2 and out.stderr.count("\n") == 1 and message in out.stderr, out.stderr
+        assert main(["eval", str(root), *extra]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and message in err, err
 
 
 def test_eval_on_an_ade20k_folder_ignores_mask_value_zero(tmp_path):
@@ -170,21 +173,21 @@ def test_segment_writes_the_overlay_and_the_label_png_without_torch(tmp_path, vo
     assert blocked_imports(tmp_path / "hook") == []
 
 
-def test_segment_example_photo_with_random_weights_and_one_line_errors(tmp_path):
+def test_segment_example_photo_with_random_weights_and_one_line_errors(tmp_path, monkeypatch, capsys):
     env = {**os.environ, "NPVIT_HOME": str(tmp_path / "empty")}
     out = run_without_torch(["-m", "npvit", "segment", "--model", VOC_MODEL, "-o",
                              str(tmp_path / "o.png")], tmp_path / "hook", env=env)
     assert out.returncode == 0, out.stderr
     assert "example photo" in out.stderr and "RANDOM untrained weights" in out.stderr
     assert (tmp_path / "o.png").is_file() and (tmp_path / "o_labels.png").is_file()
+    monkeypatch.chdir(tmp_path)
     for args, message in ((["--model", "mobilevit_xxs"], "unknown segmentation model"),
                           (["a.png", "b.png", "-o", "x.png"], "ONE image"),
                           (["--weights", str(tmp_path / "missing.pt")], "missing.pt")):
-        out = run_without_torch(["-m", "npvit", "segment", *args], tmp_path / "hook", env=env,
-                                cwd=tmp_path)
-        errors = [line for line in out.stderr.splitlines() if line.startswith("npvit: error:")]
-        assert out.returncode == 2 and len(errors) == 1, (args, out.stderr)
-        assert message in errors[0] and "Traceback" not in out.stderr
+        assert main(["segment", *args]) == 2
+        errors = [line for line in capsys.readouterr().err.splitlines()
+                  if line.startswith("npvit: error:")]
+        assert len(errors) == 1 and message in errors[0], (args, errors)
 
 
 def test_official_layout_checkpoints_convert_without_torch_and_give_the_reference_logits(torch, tmp_path):
@@ -286,7 +289,6 @@ def test_download_fetches_converts_and_loads_a_segmentation_release(torch, tmp_p
     import dataclasses
     import io
     from dense_reference import official_state_dict, reference_segmenter
-    from npvit.cli import main
     from npvit.models.segmentation import RELEASES
     from npvit.weights import SEGMENTATION
     ref = reference_segmenter(RELEASES[VOC_MODEL], seed=2, dtype="float32")

@@ -1,7 +1,8 @@
 """The training loop, the image folder, its loader and the augmentation.
 
 The end-to-end property: mobilevit_xxs trained from scratch with npvit's own backward, AdamW and
-schedule learns a small synthetic task (stripe orientation) to >= 95 % training accuracy.
+schedule learns a small synthetic task (stripe orientation): >= 95 % on its training images and
+>= 60 % on held-out ones, in eval mode.
 """
 import numpy as np
 import pytest
@@ -30,12 +31,18 @@ def stripes(n, size, rng):
 
 
 def test_a_model_trained_from_scratch_learns_stripe_orientation():
-    """128 images of 32x32, 4 classes, 15 epochs of 8 steps. Training accuracy is measured
-    afterwards, in eval mode (BatchNorm running statistics), over the whole training set. The
-    batches are reshuffled every epoch: with fixed batches the network can lean on each batch's
-    BatchNorm statistics and do worse in eval mode than in training."""
+    """256 training images of 32x32, 4 classes, 15 epochs of 16 steps; then, in eval mode
+    (BatchNorm running statistics), >= 95 % on the training set and >= 60 % on 128 held-out
+    images it never saw (chance: 25 %). The batches are reshuffled every epoch: with fixed
+    batches the network can lean on each batch's BatchNorm statistics and do worse in eval mode
+    than in training.
+
+    Margin, measured with seeds 0-4 in place of 0: training 98.0-99.6 %, held-out 77.3, 82.0,
+    83.6, 84.4, 85.2 %; 60 % is 17 points below the worst (about 5 binomial standard
+    deviations on 128 images)."""
     rng = np.random.default_rng(0)
-    x, y = stripes(128, 32, rng)
+    x, y = stripes(256, 32, rng)
+    x_held_out, y_held_out = stripes(128, 32, rng)
     model = npvit.create_model("mobilevit_xxs", num_classes=4, seed=0)
     epochs, batch = 15, 16
     opt = AdamW(weight_decay_groups(model.named_parameters(), 0.01), lr=2e-3)
@@ -45,9 +52,14 @@ def test_a_model_trained_from_scratch_learns_stripe_orientation():
         order = rng.permutation(len(x))
         batches = [(x[order[i:i + batch]], y[order[i:i + batch]]) for i in range(0, len(x), batch)]
         train_one_epoch(model, batches, opt, sched, progress=False)
-    in_order = [(x[i:i + 32], y[i:i + 32]) for i in range(0, len(x), 32)]
-    result = evaluate(model, in_order, progress=False)
-    assert result["accuracy"] >= 0.95, result
+
+    def in_order(x, y):
+        return [(x[i:i + 32], y[i:i + 32]) for i in range(0, len(x), 32)]
+
+    trained = evaluate(model, in_order(x, y), progress=False)
+    held_out = evaluate(model, in_order(x_held_out, y_held_out), progress=False)
+    assert trained["accuracy"] >= 0.95, trained
+    assert held_out["accuracy"] >= 0.60, held_out
 
 
 def test_frozen_backbone_changes_only_the_head_and_gets_eval_mode_head_gradients():

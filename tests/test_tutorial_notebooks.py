@@ -30,8 +30,9 @@ pytest.importorskip("nbclient")
 
 
 def needs_torch(source: str) -> bool:
-    """True when the tutorial imports torch itself instead of through optional_torch()."""
-    return re.search(r"^\s*(import|from)\s+(torch|timm|torchvision)\b", source, re.M) is not None
+    """True when the tutorial imports torch at top level instead of through optional_torch()
+    (an import inside the branch that optional_torch() guards does not count)."""
+    return re.search(r"^(import|from)\s+(torch|timm|torchvision)\b", source, re.M) is not None
 
 
 def outputs(notebook: dict):
@@ -62,7 +63,7 @@ def test_tutorial_runs_as_notebook_with_inline_figures(path, tmp_path):
     code_cells = [c for c in notebook["cells"] if c["cell_type"] == "code"]
     assert code_cells and all(c["execution_count"] for c in code_cells)
     assert not [o for o in outputs(notebook) if o["output_type"] == "error"]
-    texts = "".join(text_of(o) for o in outputs(notebook))
+    texts = "\n".join(text_of(o) for o in outputs(notebook))    # one output per line
     assert "PosixPath(" not in texts, "a cell echoes a path instead of showing its figure"
 
     # every figure the tutorial wrote is displayed inline, byte for byte
@@ -136,3 +137,16 @@ def test_relative_error_is_cs231n_elementwise():
     # elementwise: the small entry's 10% error counts although the big entry dominates the scale
     assert relative_error([0.1, 100.0], [0.11, 100.0]) == pytest.approx(0.01 / 0.21)
     assert relative_error([0.0], [0.0]) == 0 and relative_error([1e-9], [0.0]) == pytest.approx(0.1)
+
+
+def test_readme_course_lists_every_tutorial_with_a_thumbnail():
+    """The README's course table has a row per tutorial, each with a small committed figure."""
+    root = TUTORIALS_DIR.parent
+    rows = [line for line in (root / "README.md").read_text().splitlines()
+            if line.startswith("| ![](")]
+    for path in TUTORIALS:
+        row = next((r for r in rows if f"| `{path.name}` |" in r), None)
+        assert row, f"the README's course table has no row for {path.name}"
+        thumbnail = root / re.match(r"\| !\[\]\(([^)]+)\)", row)[1]
+        assert thumbnail.is_file(), f"{path.name}: thumbnail {thumbnail.name} is missing"
+        assert thumbnail.stat().st_size < 100_000

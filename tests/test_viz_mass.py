@@ -6,7 +6,8 @@ from hypothesis import given, strategies as st
 
 import npvit
 from npvit.errors import NpvitError
-from npvit.viz import (box_area_share, box_masses, mass_in_box, mean_share, score_mass_in_box)
+from npvit.viz import (BoxMass, box_area_share, box_masses, mass_in_box, mean_share,
+                       score_mass_in_box)
 from npvit.viz.capture import AttentionRecord
 
 
@@ -84,6 +85,16 @@ def test_a_model_made_to_attend_evenly_measures_the_box_area_share(name):
     assert len(masses) == 9 and {m.stride for m in masses} == {8, 16, 32}
     assert [m.share for m in masses] == pytest.approx([box_area_share(box, (64, 64))] * 9)
     assert mean_share(masses) == pytest.approx(40 * 20 / (64 * 64))
+
+
+def test_mean_share_leaves_out_single_patch_grids_and_picks_a_block():
+    def mass(stride, patches, share):
+        return BoxMass(stride, 0, 1, patches, share)
+    masses = [mass(8, 16, 0.6), mass(8, 16, 0.4), mass(16, 4, 0.1), mass(32, 1, 0.25)]
+    assert mean_share(masses) == pytest.approx((0.6 + 0.4 + 0.1) / 3)
+    assert mean_share(masses, stride=8) == pytest.approx(0.5)
+    with pytest.raises(NpvitError, match="output stride 32"):
+        mean_share(masses, stride=32)
 
 
 def test_bad_boxes_are_one_line():

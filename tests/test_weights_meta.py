@@ -45,6 +45,7 @@ def test_files_without_meta_give_none(tmp_path):
     ({"task": "detection"}, "task"),
     ({"classes": ["a", "b"]}, "num_classes is 3"),
     ({"classes": ["a", "a", "b"]}, "not unique"),
+    ({"classes": ["a", "b\nnpvit: fake line", "c"]}, "control characters"),
     ({"input_size": "96"}, "'input_size'"),
     ({"model": None}, "'model'"),
     ({"num_classes": True}, "'num_classes'"),

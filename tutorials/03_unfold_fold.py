@@ -180,6 +180,36 @@ for name in ("v1", "v2"):
     assert errors["x"] < 1e-8
 
 # %% [markdown]
+# Written out in NumPy, the v2 unfold is one reshape that splits each side into (patch row,
+# pixel row) and one transpose that brings the pixel position (r0, c0) forward; its backward
+# undoes them in the reverse order — the inverse transpose, then the inverse reshape:
+#
+# ```
+# x (B, C, H, W) -> (B, C, H/2, 2, W/2, 2) -> transpose -> (B, C, 2, 2, H/2, W/2) -> (B, C, P, N)
+# ```
+
+# %%
+def unfold_v2_by_hand(x):
+    b_, c_, h_, w_ = x.shape
+    t = x.reshape(b_, c_, h_ // 2, 2, w_ // 2, 2).transpose(0, 1, 3, 5, 2, 4)  # (B, C, r0, c0, n_h, n_w)
+    return t.reshape(b_, c_, 4, (h_ // 2) * (w_ // 2))
+
+
+def unfold_v2_by_hand_backward(dt, x_shape):
+    b_, c_, h_, w_ = x_shape
+    d = dt.reshape(b_, c_, 2, 2, h_ // 2, w_ // 2).transpose(0, 1, 4, 2, 5, 3)  # the inverse transpose
+    return d.reshape(x_shape)
+
+
+xs_ = rng.standard_normal((2, 3, 4, 6))
+assert np.array_equal(unfold_v2_by_hand(xs_), F.unfold_v2(xs_))
+g_t = rng.standard_normal(F.unfold_v2(xs_).shape)
+num, idx = numeric_gradient(lambda: unfold_v2_by_hand(xs_), xs_, g_t)
+err = relative_error(unfold_v2_by_hand_backward(g_t, xs_.shape).reshape(-1)[idx], num)
+print(f"unfold_v2 by hand == npvit; its hand-written backward vs finite differences: {err:.1e}")
+assert err < 1e-8
+
+# %% [markdown]
 # ## When H or W is odd
 #
 # A 256x256 input gives 32, 16 and 8 pixel maps at the three MobileViT blocks, all even; a

@@ -23,7 +23,7 @@ import numpy as np
 
 import npvit
 from npvit import functional as F
-from npvit.gradcheck import numeric_gradient, relative_error
+from npvit.gradcheck import numeric_gradient, relative_error   # max|a-b| / max(|a|, |b|), tutorial 4
 from npvit.nn.blocks import MobileViTBlock, MobileViTBlockV2
 from tutorial_setup import Exercises, FAST, optional_torch, plt, show, skip_without_torch
 
@@ -377,7 +377,7 @@ for net_name, maps_of_net in net_maps.items():
     coverage = [np.mean(m > 0) for m in maps_of_net.values()]
     for (name, m), c in zip(maps_of_net.items(), coverage):
         rows, cols = np.nonzero(m)
-        print(f"{net_name} {name}: {c:4.0%} of the image reaches the centre pixel, a window of "
+        print(f"{net_name} {name}: {c:6.1%} of the image reaches the centre pixel, a window of "
               f"{rows.max() - rows.min() + 1} x {cols.max() - cols.min() + 1} pixels")
     assert coverage[0] < coverage[1] < 1 and all(c == 1 for c in coverage[2:])
 

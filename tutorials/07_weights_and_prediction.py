@@ -315,14 +315,15 @@ dx64 = model64.backward(upstream)
 # The check differentiates sum(z * upstream), whose gradient is model.backward(upstream): the
 # input gradient of the loss, up to the scale. A randomly initialised network barely reacts to
 # one pixel (|dx| ~ 1e-6), so the usual step h = 1e-6 would measure mostly rounding error; the
-# step is 1e-3 of the [0, 1] pixel range instead. The error is scaled by the largest entry
-# (npvit.check_gradients' measure): cs231n's elementwise one is dominated by the near-zero
-# pixels here.
+# step is 1e-3 of the [0, 1] pixel range instead, and the separable attention's ReLU(V) has
+# kinks that such a step can cross, so the check allows 1e-4 (a wrong backward is off by
+# O(1)). The error is scaled by the largest entry (npvit.check_gradients' measure): cs231n's
+# elementwise one is dominated by the near-zero pixels here.
 num, idx = numeric_gradient(lambda: model64(x64), x64, upstream, h=1e-3, max_coords=4 if FAST else 12)
 err = scaled_error(dx64.reshape(-1)[idx], num)
 print(f"dL/dz by hand vs finite differences and npvit: ok; dL/dx through {NAME} (float64, 64x64) "
       f"vs finite differences on {idx.size} pixels: relative error {err:.1e} (scaled by the largest)")
-assert err < 1e-5
+assert err < 1e-4
 
 fig, axes = plt.subplots(1, 2, figsize=(7.5, 3.6), layout="constrained")
 axes[0].imshow(as_rgb(x_sal[0], pipeline))
@@ -404,19 +405,29 @@ def counting_macs():
     counter["macs"] += attention.macs
 
 
+def model_parts(model):
+    """[(part, modules run in order)]: stem, stage 1..5, head (v1's final conv and the classifier)."""
+    return ([("stem", [model.stem])] + [(f"stage {i + 1}", [st]) for i, st in enumerate(model.stages)]
+            + [("head", [model.final_conv, model.head])])
+
+
+def stage_params(model):
+    """[(part, parameters)]; they add up to the model's count."""
+    rows = [(part, sum(m.num_parameters() for m in mods)) for part, mods in model_parts(model)]
+    assert sum(r[1] for r in rows) == model.num_parameters()
+    return rows
+
+
 def stage_costs(model, size):
-    """[(part, parameters, multiply-adds)] for stem, stage 1..5, head on one size x size image."""
+    """[(part, parameters, multiply-adds)] for one size x size image."""
     model.eval()                            # with gradients on: the unfolded conv + BN path runs
     x = np.zeros((1, 3, size, size), np.float32)
     rows = []
-    for part, run in [("stem", model.stem)] + [(f"stage {i + 1}", st) for i, st in enumerate(model.stages)]:
+    for (part, mods), (_, params) in zip(model_parts(model), stage_params(model)):
         with counting_macs() as counter:
-            x = run(x)
-        rows.append((part, run.num_parameters(), counter["macs"]))
-    with counting_macs() as counter:
-        model.head(model.final_conv(x))
-    rows.append(("head", model.final_conv.num_parameters() + model.head.num_parameters(), counter["macs"]))
-    assert sum(r[1] for r in rows) == model.num_parameters()
+            for m in mods:
+                x = m(x)
+        rows.append((part, params, counter["macs"]))
     return rows
 
 
@@ -443,9 +454,10 @@ print(f"{'total':10s}" + "".join(f"{sum(r[1] for r in c) / 1e6:8.3f} M {sum(r[2]
 # operation, the separable attention included, is per pixel. v1's attention grows with the
 # square of the number of patches, so its body grows faster.
 for name in PAIRS[0]:
-    small, large = (sum(r[2] for r in stage_costs(npvit.create_model(name), size)[:-1])
-                    for size in (64, 128))
-    print(f"{name}: multiply-adds of stem + stages at 128x128 / at 64x64 = {large / small:.3f}")
+    small = sum(r[2] for r in stage_costs(models[name], SIZE // 2)[:-1])
+    large = sum(r[2] for r in costs[name][:-1])
+    print(f"{name}: multiply-adds of stem + stages at {SIZE}x{SIZE} / at {SIZE // 2}x{SIZE // 2} "
+          f"= {large / small:.3f}")
     assert (large == 4 * small) if name.startswith("mobilevitv2") else (large > 4 * small)
 
 # %% [markdown]
@@ -455,13 +467,14 @@ for name in PAIRS[0]:
 # channel count, including the transformer width d, is alpha times the 1.0 model's (rounded
 # to a multiple of 8). A layer between two widened layers has alpha^2 times the weights and
 # multiply-adds; the stem (3 input channels) and the classifier (1000 outputs) widen on one
-# side only, so they grow like alpha. The figure measures each part against alpha = 0.5.
+# side only, so they grow like alpha. The figure measures the parameters of each part against
+# alpha = 0.5.
 
 # %%
 ALPHAS = [0.5, 1.0, 2.0] if FAST else [0.5, 0.75, 1.0, 1.25, 1.5, 1.75, 2.0]
-width_costs = {a: stage_costs(npvit.create_model(f"mobilevitv2_{round(a * 100):03d}"), 64) for a in ALPHAS}
-base = width_costs[0.5]
-growth = {part: [width_costs[a][i][1] / base[i][1] for a in ALPHAS] for i, part in enumerate(parts)}
+width_params = {a: stage_params(npvit.create_model(f"mobilevitv2_{round(a * 100):03d}")) for a in ALPHAS}
+base = width_params[0.5]
+growth = {part: [width_params[a][i][1] / base[i][1] for a in ALPHAS] for i, part in enumerate(parts)}
 for part in ("stage 2", "stage 3", "stage 4", "stage 5"):
     print(f"{part}: parameters x{growth[part][-1]:.2f} at alpha = {ALPHAS[-1]} (alpha^2 ratio {(ALPHAS[-1] / 0.5) ** 2:.0f})")
     assert abs(growth[part][-1] / (ALPHAS[-1] / 0.5) ** 2 - 1) < 0.1
@@ -580,5 +593,8 @@ exercises.check(transformer_layer_params, check_transformer_layer_params)
 # **Summary.** A checkpoint is a dict of arrays under some naming scheme; npvit reads the
 # official torch zip format without torch, renames ml-cvnets (or Hugging Face) keys to timm's,
 # checks every shape, and stores `.npz`. The models were evaluated on 256x256 centre crops in
-# [0, 1] — v2 with PIL bicubic in RGB, v1 with OpenCV bilinear in BGR. Next: where the
-# separable attention looks.
+# [0, 1] — v2 with PIL bicubic in RGB, v1 with OpenCV bilinear in BGR. The loss gradient
+# `p - onehot` goes back through the whole model to the pixels. Per stage, v2 trades v1's
+# quadratic attention for per-pixel work (its multiply-adds grow with the area), its width
+# multiplier scales the inner stages by alpha^2, and what that buys in latency depends on the
+# device: the run above says what it buys here. Next: where the separable attention looks.

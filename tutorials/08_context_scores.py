@@ -30,7 +30,7 @@ from npvit import functional as F
 from npvit import viz, weights
 from npvit.data import default_pipeline, example_image_path, load_image, preprocess
 from npvit.viz.figures import attention_figure, display_image, score_map_figure
-from npvit.gradcheck import relative_error
+from npvit.gradcheck import relative_error   # max|a-b| / max(|a|, |b|), tutorial 4
 from tutorial_setup import Exercises, FAST, plt, show
 
 NAME = "mobilevitv2_050"
@@ -262,32 +262,35 @@ def check_pixel_shuffle_loops(candidate):
 exercises.check(pixel_shuffle_loops, check_pixel_shuffle_loops)
 
 # %% [markdown]
-# ### Exercise 8.2: the backward of the nearest-neighbour upsampling
+# ### Exercise 8.2: the backward of the min-max normalisation
 #
-# `np.repeat(np.repeat(v, s, axis=0), s, axis=1)` copies every entry of an (h, w) map to an
-# s x s block. Write its backward `upsample_nearest_backward(d_map, s)`: (h s, w s) -> (h, w).
-# (One reshape and one sum, as in `raw_map_backward` above — or loops, if you want to see it
-# first.)
+# Step 2 is the one non-linear step: `out = (v - min v) / (max v - min v)`. Write its backward
+# `min_max_normalise_backward(d_out, v)` for a map v with one smallest and one largest entry.
+# Each output depends on its own entry and, through min and max, on two more: besides
+# `d_out / R` (R = max - min), the position of the minimum and the position of the maximum
+# receive one extra term each, summed over all outputs. The checker compares with finite differences of
+# `npvit.viz.min_max_normalise`.
 
 
 # %%
-def upsample_nearest_backward(d_map, s):
-    """d_map: (h s, w s) -> (h, w), the gradient with respect to the small map."""
+def min_max_normalise_backward(d_out, v):
+    """d_out, v: (h, w) -> d_v (h, w)."""
     raise NotImplementedError
 
 
 # %%
-def check_upsample_nearest_backward(candidate):
+def check_min_max_normalise_backward(candidate):
     r = np.random.default_rng(82)
-    small, d_big = r.standard_normal((3, 4)), r.standard_normal((15, 20))
-    got = candidate(d_big.copy(), 5)
-    assert np.shape(got) == small.shape, f"the gradient must be {small.shape}, got {np.shape(got)}"
-    up = lambda: viz.upsample_nearest(small, (15, 20))            # npvit's forward
-    num, _ = npvit.gradcheck.numeric_gradient(up, small, d_big)
-    assert relative_error(np.reshape(got, -1), num) < 1e-8, "differs from finite differences of npvit's upsampling"
+    v, d_out = r.random((5, 6)), r.standard_normal((5, 6))
+    got = candidate(d_out.copy(), v.copy())
+    assert np.shape(got) == v.shape, f"the gradient must be {v.shape}, got {np.shape(got)}"
+    num, _ = npvit.gradcheck.numeric_gradient(lambda: viz.min_max_normalise(v), v, d_out)
+    err = relative_error(np.reshape(got, -1), num)
+    assert err < 1e-7, f"differs from finite differences of npvit.viz.min_max_normalise ({err:.1e}); " \
+                       "did the min and the max get their terms?"
 
 
-exercises.check(upsample_nearest_backward, check_upsample_nearest_backward)
+exercises.check(min_max_normalise_backward, check_min_max_normalise_backward)
 
 # %% [markdown]
 # **Summary.** A context score map is the softmax `c_s` of one separable-attention layer,

@@ -38,7 +38,9 @@ from npvit.models.ssd_boxes import (PostProcess, batched_nms, center_to_corner, 
                                     nms, postprocess)
 from npvit.nn import Conv2d, ConvNormAct, Module, Sequential, manual_seed
 from npvit.train.optim import AdamW
-from tutorial_setup import FAST, plt, show
+from tutorial_setup import Exercises, FAST, plt, show
+
+exercises = Exercises("12")          # solutions: tutorials/solutions/12_detection.py
 
 # %% [markdown]
 # ## 1. Anchors
@@ -117,6 +119,34 @@ doubled = batched_nms(np.concatenate([candidates] * 2), np.concatenate([scores] 
                       np.repeat([1, 2], len(candidates)), 0.5)
 assert len(doubled) == 2 * len(kept)
 
+# %% [markdown]
+# **Exercise.** Write greedy NMS yourself: repeatedly take the best remaining box, keep it,
+# and drop every remaining box whose IoU with it is greater than the threshold. Return the kept
+# indices, best first; equal scores keep their index order. The checker compares with
+# `npvit.models.ssd_boxes.nms` (which equals torchvision's) on boxes with ties, duplicates and
+# IoUs of exactly 0.5.
+
+# %%
+def nms_by_hand(boxes, scores, iou_threshold):
+    """boxes (N, 4) x1, y1, x2, y2; scores (N,) -> int indices of the kept boxes, best first."""
+    raise NotImplementedError
+
+
+def check_nms_by_hand(candidate):
+    grid = np.random.default_rng(1)
+    for _ in range(5):
+        xy = grid.integers(0, 8, size=(30, 2)) / 2
+        boxes = np.concatenate([xy, xy + grid.integers(1, 5, size=(30, 2)) / 2], axis=1)
+        boxes[:3] = [[0, 0, 2, 1], [0, 0, 1, 1], [0, 0, 2, 1]]       # IoU exactly 0.5, and 1
+        ties = grid.integers(0, 6, size=30) / 6.0
+        ours = np.asarray(candidate(boxes, ties, 0.5))
+        expected = nms(boxes, ties, 0.5)
+        assert ours.tolist() == expected.tolist(), f"kept {ours.tolist()}, expected {expected.tolist()}"
+
+
+exercises.check(nms_by_hand, check_nms_by_hand)
+
+# %%
 fig, axes = plt.subplots(1, 2, figsize=(8, 4.3))
 for ax, title, which in zip(axes, ("40 candidates", f"after NMS: {len(kept)}"),
                             (range(len(candidates)), kept)):

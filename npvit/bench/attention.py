@@ -20,6 +20,7 @@ import numpy as np
 from .. import functional as F
 from .. import nn
 from ..opcount import OpCounter, count_ops
+from ..outputs import save_figure
 
 UNITS = ("MHA", "Linformer", "separable")
 
@@ -219,11 +220,11 @@ def figure(result: Result, large_k: int):
 
 
 def plot(result: Result, path, large_k: int) -> None:
-    """Write ``figure(result, large_k)`` to ``path`` (PNG) without opening a window."""
+    """Write ``figure(result, large_k)`` to ``path`` without opening a window."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig = figure(result, large_k)
-    fig.savefig(path, dpi=120)
+    save_figure(fig, path, dpi=120)     # atomically, in the format the ending names
     plt.close(fig)

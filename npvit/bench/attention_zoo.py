@@ -38,6 +38,7 @@ from .. import functional as F
 from .. import nn
 from ..opcount import count_ops
 from . import attention as classic
+from ..outputs import save_figure
 
 ZOO_UNITS = ("CGA", "CGA-7x7", "EfficientFormer", "TinyViT", "LookupViT", "MPC-relu", "MPC-scaling")
 ALL_UNITS = classic.UNITS + ZOO_UNITS
@@ -263,7 +264,7 @@ def plot(result, path, large_k: int) -> None:
     import matplotlib.pyplot as plt
 
     fig = figure(result)
-    fig.savefig(path, dpi=90)
+    save_figure(fig, path, dpi=90)     # atomically, in the format the ending names
     plt.close(fig)
 
 

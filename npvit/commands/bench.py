@@ -22,6 +22,7 @@ import sys
 from pathlib import Path
 
 from ..errors import NpvitError
+from ..outputs import check_figure_output, check_output, write_atomically
 
 THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS",
                     "VECLIB_MAXIMUM_THREADS")
@@ -65,7 +66,26 @@ def _attention_argv(args) -> list[str]:
     return argv
 
 
+def _check_attention_options(args) -> None:
+    """Every option that would fail the benchmark, refused before it starts (and before the
+    single-threaded re-run), in one line."""
+    for option, value in (("--dim", args.dim), ("--heads", args.heads), ("--proj-len", args.proj_len),
+                          ("--repeats", args.repeats), ("--large-k", args.large_k)):
+        if value < 1:
+            raise NpvitError(f"{option} must be at least 1, got {value}")
+    if args.mha_max_k is not None and args.mha_max_k < 1:
+        raise NpvitError(f"--mha-max-k must be at least 1, got {args.mha_max_k}")
+    if not args.quick and (args.min_k < 1 or args.max_k < args.min_k):
+        raise NpvitError(f"need 1 <= --min-k <= --max-k, got {args.min_k} and {args.max_k}")
+    if args.dim % args.heads:
+        raise NpvitError(f"--dim {args.dim} is not divisible by --heads {args.heads}")
+    check_figure_output(args.plot, what="--plot")
+    if args.markdown:
+        check_output(args.markdown, what="--markdown")
+
+
 def run_attention(args) -> int:
+    _check_attention_options(args)
     if not _single_threaded():
         print("re-running with " + ", ".join(f"{v}=1" for v in THREAD_VARIABLES)
               + " (BLAS reads them when NumPy loads)", flush=True)
@@ -78,10 +98,6 @@ def run_attention(args) -> int:
 
     if args.quick:
         args.min_k, args.max_k, args.repeats = 64, 256, 1
-    if args.min_k < 1 or args.max_k < args.min_k:
-        raise NpvitError(f"need 1 <= --min-k <= --max-k, got {args.min_k} and {args.max_k}")
-    if args.dim % args.heads:
-        raise NpvitError(f"--dim {args.dim} is not divisible by --heads {args.heads}")
     ks = []
     k = args.min_k
     while k <= args.max_k:
@@ -98,18 +114,17 @@ def run_attention(args) -> int:
     print("\n".join(slopes + skipped))
     print("\noperations of one forward pass (G ops = multiply-adds + element-wise operations):\n")
     print(operations)
-    Path(args.plot).parent.mkdir(parents=True, exist_ok=True)
     bench.plot(result, args.plot, args.large_k)
     print(f"\nplot: {args.plot}")
     if args.markdown:
-        Path(args.markdown).write_text(
+        write_atomically(args.markdown, lambda f: f.write(
             f"# Attention latency (MobileViTv2 paper, Fig. 1)\n\n"
             f"Produced by `npvit {' '.join(_attention_argv(args))}`: one thread, float32, batch 1, "
             f"d={args.dim}, h={args.heads}, Linformer p={args.proj_len}; the fastest of "
             f"{args.repeats} forward passes. Operation counts come from `npvit.opcount` on the "
             f"pass that ran.\n\n![latency](attention_latency.png)\n\n{table}\n\n"
             + "".join(f"- {line.strip()}\n" for line in slopes + skipped)
-            + f"\n## Operations of one forward pass\n\n```\n{operations}\n```\n")
+            + f"\n## Operations of one forward pass\n\n```\n{operations}\n```\n"), mode="w")
         print(f"table: {args.markdown}")
     return 0
 
@@ -120,14 +135,6 @@ def _doubling(lo: int, hi: int) -> list[int]:
         ks.append(k)
         k *= 2
     return ks
-
-
-def _write_atomically(path, text: str) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def run_attention_zoo(args) -> int:
@@ -172,7 +179,6 @@ def run_attention_zoo(args) -> int:
     print("\n" + tables + "\n\n" + slopes + "\n\n" + ops)
     if skipped:
         print("\n".join(skipped))
-    Path(args.plot).parent.mkdir(parents=True, exist_ok=True)
     zoo.plot(result, args.plot, args.large_k)
     print(f"\nplot: {args.plot}")
     if args.markdown:
@@ -209,7 +215,7 @@ def run_attention_zoo(args) -> int:
             "Each operation's wall time from the `npvit.opcount` timeline (the time since the "
             "previous reported operation), summed over a unit's heads, median of 5 passes.\n\n"
             f"{ops}\n")
-        _write_atomically(args.markdown, text)
+        write_atomically(args.markdown, lambda f: f.write(text), mode="w")
         print(f"table: {args.markdown}")
     return 0
 

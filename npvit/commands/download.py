@@ -21,7 +21,7 @@ def run(args) -> int:
     for name in names:
         official(name)   # unknown names fail before anything is downloaded
     for name in names:
-        print(pretrained_path(name, args.dir, progress=not args.quiet))
+        print(pretrained_path(name, args.dir, progress=not args.quiet, force=args.force))
     return 0
 
 
@@ -32,4 +32,6 @@ def add_parser(sub):
     p.add_argument("--all", action="store_true", help="all ten official checkpoints")
     p.add_argument("--dir", help="cache folder (default: $NPVIT_HOME or ~/.cache/npvit)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--force", action="store_true",
+                   help="download and convert again even if the cache has the files (a damaged cache)")
     p.set_defaults(func=run)

@@ -70,8 +70,10 @@ def labelled_images(directory, class_names: list[str] | None = None) -> tuple[li
     if folders:
         unknown = [p.name for p in folders if p.name not in classes]
         if unknown:
+            nested = any(p.is_dir() and p.name in classes for p in (root / unknown[0]).iterdir())
+            hint = f"; the images sit one level too deep: pass {root / unknown[0]} as DIR" if nested else ""
             raise NpvitError(f"{root}/{unknown[0]}: sub-folders must be named by ImageNet-1k "
-                             f"WordNet ids such as n01440764 ({len(unknown)} are not)")
+                             f"WordNet ids such as n01440764 ({len(unknown)} are not){hint}")
         return [(f, classes[p.name]) for p in folders for f in image_files(p)], 0
     samples, unlabelled = [], 0
     for f in image_files(root):
@@ -83,6 +85,26 @@ def labelled_images(directory, class_names: list[str] | None = None) -> tuple[li
     return samples, unlabelled
 
 
+def layout_notes(directory) -> list[str]:
+    """What a folder with class sub-folders holds that eval will not read, said in one line each:
+    image files beside the class folders, and class folders whose images sit one level deeper."""
+    root = Path(directory)
+    folders = [p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")]
+    if not folders:
+        return []
+    notes = []
+    loose = image_files(root)
+    if loose:
+        notes.append(f"ignored {len(loose)} image file(s) directly in {root}: with class "
+                     f"folders there, only the images inside them are read")
+    deep = [p for p in folders if not image_files(p) and any(q.is_dir() for q in p.iterdir())]
+    if deep:
+        notes.append(f"{len(deep)} class folder(s) hold sub-folders but no images (e.g. "
+                     f"{deep[0]}): the images sit one level too deep; they must be directly in "
+                     f"{root}/<wnid>/")
+    return notes
+
+
 def _named_class_folders(root: Path, folders: list[Path], class_names: list[str]) -> list[Sample]:
     index = {name: i for i, name in enumerate(class_names)}
     listing = ", ".join(class_names[:8]) + (", ..." if len(class_names) > 8 else "")
@@ -90,9 +112,7 @@ def _named_class_folders(root: Path, folders: list[Path], class_names: list[str]
     if not folders or unknown:
         found = (f"{root}/{unknown[0]} is not one of them ({len(unknown)} folders are not)"
                  if unknown else f"{root} has no sub-folders")
-        hint = ""
-        if any((root / split).is_dir() for split in ("val", "test")) and "val" in unknown:
-            hint = f"; did you mean {root / 'val'}?"
+        hint = f"; did you mean {root / 'val'}?" if "val" in unknown else ""   # a train/val root
         raise NpvitError(f"the model's classes are {listing}: put each class's images in "
                          f"DIR/<class>/; {found}{hint}")
     return [(f, index[p.name]) for p in folders for f in image_files(p)]
@@ -168,6 +188,8 @@ def run(args) -> int:
         print(f"npvit eval: {note}; taking the folders of {args.directory} in sorted order "
               f"({', '.join(names[:5])}{', ...' if len(names) > 5 else ''})", file=sys.stderr)
     samples, unlabelled = labelled_images(args.directory, names)
+    for note in layout_notes(args.directory):
+        print(f"npvit eval: {note}", file=sys.stderr)
     if unlabelled:
         print(f"npvit eval: left out {unlabelled} image file(s) in {args.directory} whose name "
               f"does not start with an ImageNet wnid (n01440764_...)", file=sys.stderr)
@@ -246,7 +268,8 @@ def _save_confusion(confusion: np.ndarray, names, path, title: str) -> None:
 
 
 def add_parser(sub):
-    p = sub.add_parser("eval", help="top-1 / top-5 accuracy on a folder of labelled ImageNet images",
+    p = sub.add_parser("eval", help="top-1 / top-5 accuracy on a folder of labelled ImageNet images "
+                                    "(mIoU on PASCAL VOC / ADE20k, mAP on COCO)",
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("directory", metavar="DIR", help="DIR/<wnid>/<image> or DIR/<wnid>_*.JPEG; or a "
                    "COCO folder (DIR/annotations/instances_*.json + images): detection mAP")

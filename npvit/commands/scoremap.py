@@ -30,6 +30,7 @@ from ..data.synthetic import read_boxes
 from ..errors import NpvitError
 from ..inference import (DEFAULT_MODEL, RANDOM_WEIGHTS, check_size, class_names, load_model,
                          missing_weights_message, model_file_settings)
+from ..outputs import check_figure_output, save_figure
 from .options import check_seed
 
 
@@ -45,6 +46,8 @@ def run(args) -> int:
     check_seed(args.seed)
     if args.model is not None:
         check_size(args.model, args.size, capture=True)
+    if args.output:
+        check_figure_output(args.output)     # before the work: a bad -o is one line
     model, source = load_model(args.model, args.weights, fallback_random=True, seed=args.seed)
     check_size(model.name, args.size, capture=True)   # the variant may come from --weights
     if model.version == 2 and args.query is not None:
@@ -91,10 +94,7 @@ def run(args) -> int:
     if box is not None:
         figures.outline_box(fig, box)
     output = Path(args.output or f"{Path(args.image).stem}_{model.name}.png")
-    try:
-        fig.savefig(output, dpi=figures.DPI)
-    except OSError as e:
-        raise NpvitError(f"cannot write {output}: {e.strerror or e}") from None
+    save_figure(fig, output, dpi=figures.DPI)     # atomically: a kill never leaves half a PNG
     panels = sum(ax.axison for ax in fig.axes)
     print(f"wrote {output} ({panels} panels)")
     return 0
@@ -103,6 +103,10 @@ def run(args) -> int:
 def _image_box(args):
     """IMAGE's box [x0, y0, x1, y1] in its own pixels from --box or --boxes, or None."""
     if args.box is not None:
+        x0, y0, x1, y1 = args.box
+        if not (0 <= x0 < x1 and 0 <= y0 < y1):     # also false for NaN
+            raise NpvitError(f"--box needs 0 <= X0 < X1 and 0 <= Y0 < Y1, got "
+                             f"{' '.join(f'{v:g}' for v in args.box)}")
         return args.box
     if args.boxes is None:
         return None

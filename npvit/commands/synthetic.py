@@ -65,11 +65,11 @@ def add_parser(sub):
     p.add_argument("out", metavar="OUT", help="new folder to create")
     # 1600: enough for a small MobileViT to learn the 4 default shapes from scratch (measured:
     # mobilevitv2_050, 64 px, 12 epochs, flips only: 94.5-95.5% held-out over the last 4 epochs)
-    p.add_argument("--train", type=int, default=1600, help="training images (default 1600)")
-    p.add_argument("--val", type=int, default=400, help="validation images (default 400)")
-    p.add_argument("--size", type=int, default=64, help="image side in pixels (default 64)")
-    p.add_argument("--classes", type=int, default=4,
+    p.add_argument("--train", type=int, default=1600, metavar="N", help="training images (default 1600)")
+    p.add_argument("--val", type=int, default=400, metavar="N", help="validation images (default 400)")
+    p.add_argument("--size", type=int, default=64, metavar="S", help="image side in pixels (default 64)")
+    p.add_argument("--classes", type=int, default=4, metavar="K",
                    help=f"number of shape classes, 2-{len(SHAPES)} (default 4: "
                         f"{', '.join(SHAPES[:4])})")
-    p.add_argument("--seed", type=int, default=0, help="default 0")
+    p.add_argument("--seed", type=int, default=0, metavar="S", help="default 0")
     p.set_defaults(func=run)

@@ -22,8 +22,6 @@ anchor's image from the cache (``<cache>/images/``), downloaded once.
 from __future__ import annotations
 
 import argparse
-import http.client
-import urllib.error
 from pathlib import Path
 
 import numpy as np
@@ -33,7 +31,8 @@ from ..data.anchors import Anchor, load_anchors
 from ..errors import NpvitError
 from ..functional import softmax_forward
 from ..inference import load_model, predict_logits, top_k
-from ..weights import cache_dir, fetch, local_weights, official, pretrained_path
+from ..weights import DownloadError, cache_dir, fetch, local_weights, official, pretrained_path
+from ..weights.download import check_cache_folder
 
 TOP_K = 5
 
@@ -137,12 +136,13 @@ def _download_missing(anchors: list[Anchor], have_image: bool, weights_needed: b
         for model in dict.fromkeys(a.model for a in anchors):
             if local_weights(model) is None:
                 missing.append((official(model).url, cache_dir() / official(model).file_name))
+    for folder in {dest.parent for _, dest in missing}:
+        check_cache_folder(folder)   # a file or a read-only folder is not a network problem
     for i, (url, dest) in enumerate(missing):
         try:
             fetch(url, dest)
-        except (NpvitError, urllib.error.URLError, http.client.HTTPException, OSError) as e:
-            reason = getattr(e, "reason", None) or e
-            raise NpvitError(f"cannot download {url} ({reason}). "
+        except DownloadError as e:
+            raise NpvitError(f"cannot download {url} ({e}). "
                              f"{_offline_advice(missing[i:], args)}") from None
 
 

@@ -35,6 +35,8 @@ default); if some other code sets it to True, truncated images load with grey fi
 """
 from __future__ import annotations
 
+import os
+import stat
 import warnings
 from pathlib import Path
 
@@ -47,15 +49,40 @@ MIN_SIDE = 32  # the smallest side a MobileViT takes (5 stride-2 stages: 32 -> 1
 
 _SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N")
 
+# An image whose long side is more than this many times its short side is refused up front: the
+# short-side resize would make it huge (32x9900 -> 288x89100) for a centre crop of one end.
+MAX_ASPECT_RATIO = 20
+
+
+def check_aspect_ratio(width: int, height: int) -> None:
+    long, short = max(width, height), min(width, height)
+    if long > MAX_ASPECT_RATIO * short:
+        raise NpvitError(f"a {width}x{height} image is too elongated (aspect ratio "
+                         f"{long / max(short, 1):.0f}:1; npvit reads up to {MAX_ASPECT_RATIO}:1); crop "
+                         f"it to the part you want classified")
+
+
+# The formats npvit decodes; Pillow's other plugins (EPS, which calls Ghostscript, and dozens of
+# rare formats) are never reached, whatever the file is named.
+FORMATS = ("JPEG", "PNG", "PPM", "BMP", "TIFF", "WEBP", "GIF")
+
 
 def load_image(path) -> Image.Image:
     """Read ``path`` into an upright 8-bit RGB ``PIL.Image``; raise NpvitError naming the file."""
     path = Path(path)
-    if not path.exists():
-        raise NpvitError(f"{path}: no such file")
-    if path.is_dir():
+    try:
+        info = os.stat(path)
+    except FileNotFoundError:
+        raise NpvitError(f"{path}: no such file") from None
+    except (OSError, ValueError) as e:
+        raise NpvitError(f"{path}: cannot read it ({getattr(e, 'strerror', None) or e})") from None
+    if stat.S_ISDIR(info.st_mode):
         raise NpvitError(f"{path}: is a directory, not an image file")
-    if path.stat().st_size == 0:
+    if not stat.S_ISREG(info.st_mode):
+        kind = ("a FIFO (named pipe)" if stat.S_ISFIFO(info.st_mode) else "a device"
+                if stat.S_ISCHR(info.st_mode) or stat.S_ISBLK(info.st_mode) else "a socket")
+        raise NpvitError(f"{path}: is {kind}, not a regular image file")
+    if info.st_size == 0:
         raise NpvitError(f"{path}: the file is empty (0 bytes)")
 
     image = _decode(path)
@@ -77,13 +104,20 @@ def _decode(path: Path) -> Image.Image:
         with warnings.catch_warnings():
             # Between MAX_IMAGE_PIXELS and twice that, Pillow only warns; refuse those too.
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path) as image:
-                image.load()  # decode now: a truncated file fails here, with its name
-                return ImageOps.exif_transpose(image)  # a new, upright image
+            # npvit owns the file, so closing it is certain; the decoded pixels outlive it
+            with open(path, "rb") as f:
+                image = Image.open(f, formats=FORMATS)
+                check_aspect_ratio(*image.size)  # from the header, before decoding
+                image.load()  # decode now (frame 0): a truncated file fails here, with its name
+                ImageOps.exif_transpose(image, in_place=True)  # upright, without a second copy
+                return image
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
         raise NpvitError(f"{path}: refused as a possible decompression bomb ({e})") from None
+    except NpvitError as e:
+        raise NpvitError(f"{path}: {e}") from None
     except UnidentifiedImageError:
-        raise NpvitError(f"{path}: not an image file Pillow can read") from None
+        raise NpvitError(f"{path}: not an image file npvit reads (it decodes "
+                         f"{', '.join(FORMATS)})") from None
     except PermissionError:
         raise NpvitError(f"{path}: permission denied") from None
     except OSError as e:

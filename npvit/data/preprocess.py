@@ -55,7 +55,7 @@ import numpy as np
 from PIL import Image
 
 from ..errors import NpvitError
-from .image import MIN_SIDE, to_rgb
+from .image import MIN_SIDE, check_aspect_ratio, to_rgb
 
 
 @dataclass(frozen=True)
@@ -125,40 +125,89 @@ def linear_taps(n_in: int, n_out: int):
     return i0, i1, frac
 
 
-def resize_opencv_bilinear(pixels: np.ndarray, width: int, height: int) -> np.ndarray:
-    """uint8 (H, W, C) -> uint8 (height, width, C) as ``cv2.resize(..., INTER_LINEAR)``:
+def resize_opencv_bilinear(pixels, width: int, height: int,
+                           rows: slice = slice(None), cols: slice = slice(None)) -> np.ndarray:
+    """uint8 (H, W, C) array or RGB PIL image -> uint8 (height, width, C) as
+    ``cv2.resize(..., INTER_LINEAR)``:
     separable two-tap interpolation, no antialiasing (downscaling reads only the 2 nearest
-    pixels per axis), rounded back to uint8 as cv2 returns it for uint8 input."""
-    y0, y1, fy = linear_taps(pixels.shape[0], height)
-    x0, x1, fx = linear_taps(pixels.shape[1], width)
-    x = pixels.astype(np.float64)
-    rows = x[y0] * (1 - fy)[:, None, None] + x[y1] * fy[:, None, None]           # (height, W, C)
-    out = rows[:, x0] * (1 - fx)[None, :, None] + rows[:, x1] * fx[None, :, None]  # (height, width, C)
+    pixels per axis), rounded back to uint8 as cv2 returns it for uint8 input.
+
+    ``rows`` / ``cols``: compute only that part of the output (a centre crop): the same
+    arithmetic on only the source pixels it reads (taken from a PIL image row by row), so
+    memory is O(output), not O(input)."""
+    if isinstance(pixels, Image.Image):
+        source_width, source_height = pixels.size
+        pixels = _pil_pixels(pixels)
+    else:
+        source_height, source_width = pixels.shape[:2]
+        pixels = lambda ys, xs, array=pixels: array[np.ix_(ys, xs)]
+    y0, y1, fy = (a[rows] for a in linear_taps(source_height, height))
+    x0, x1, fx = (a[cols] for a in linear_taps(source_width, width))
+    ys, (iy0, iy1) = _used(y0, y1)
+    xs, (ix0, ix1) = _used(x0, x1)
+    x = pixels(ys, xs).astype(np.float64)                                  # the pixels read
+    by_row = x[iy0] * (1 - fy)[:, None, None] + x[iy1] * fy[:, None, None]          # (h, |xs|, C)
+    out = by_row[:, ix0] * (1 - fx)[None, :, None] + by_row[:, ix1] * fx[None, :, None]  # (h, w, C)
     return np.rint(out).astype(np.uint8)
 
 
-def resize_short_side(image: Image.Image, short_side: int, resample: str) -> np.ndarray:
-    """RGB PIL image -> uint8 (H', W', 3) with its short side resized to ``short_side``."""
+def _pil_pixels(image: Image.Image):
+    """pixels(ys, xs) -> uint8 (len(ys), len(xs), C) of a PIL image, read one row at a time
+    (never the whole image as an array)."""
+    def pixels(ys, xs):
+        left, right = int(xs[0]), int(xs[-1]) + 1
+        strips = [np.asarray(image.crop((left, int(y), right, int(y) + 1)))[0] for y in ys]
+        return np.stack(strips)[:, xs - left]
+    return pixels
+
+
+def _used(i0: np.ndarray, i1: np.ndarray):
+    """(the sorted distinct source indices in i0 and i1, i0 and i1 as positions among them)."""
+    used, positions = np.unique(np.concatenate([i0, i1]), return_inverse=True)
+    return used, np.split(positions, 2)
+
+
+def _resized_size(image: Image.Image, short_side: int) -> tuple[int, int]:
+    """(new_width, new_height) of the short-side resize, or one line why it is refused."""
     width, height = image.size
+    check_aspect_ratio(width, height)
     new_width, new_height = short_side_size(width, height, short_side)
     limit = Image.MAX_IMAGE_PIXELS
     if limit is not None and new_width * new_height > limit:
         raise NpvitError(f"a {width}x{height} image is too elongated: resizing its short side "
                          f"to {short_side} would give {new_width}x{new_height} pixels, more "
                          f"than Pillow's limit of {limit}")
-    if (new_width, new_height) == (width, height):
+    return new_width, new_height
+
+
+def resize_short_side(image: Image.Image, short_side: int, resample: str) -> np.ndarray:
+    """RGB PIL image -> uint8 (H', W', 3) with its short side resized to ``short_side``."""
+    new_width, new_height = _resized_size(image, short_side)
+    if (new_width, new_height) == image.size:
         return np.asarray(image)  # ml-cvnets, torchvision and transformers all skip this resize
     if resample == "opencv-bilinear":
-        return resize_opencv_bilinear(np.asarray(image), new_width, new_height)
-    pil_filter = {"pil-bicubic": Image.Resampling.BICUBIC,
-                  "pil-bilinear": Image.Resampling.BILINEAR}[resample]
-    return np.asarray(image.resize((new_width, new_height), pil_filter))
+        return resize_opencv_bilinear(image, new_width, new_height)
+    return np.asarray(image.resize((new_width, new_height), _PIL_FILTERS[resample]))
 
 
-def center_crop(pixels: np.ndarray, size: int) -> np.ndarray:
-    """(H, W, C) -> (size, size, C) at offsets ((H - size) // 2, (W - size) // 2)."""
-    top, left = (pixels.shape[0] - size) // 2, (pixels.shape[1] - size) // 2
-    return pixels[top:top + size, left:left + size]
+_PIL_FILTERS = {"pil-bicubic": Image.Resampling.BICUBIC, "pil-bilinear": Image.Resampling.BILINEAR}
+
+
+def resize_and_crop(image: Image.Image, short_side: int, crop: int, resample: str) -> np.ndarray:
+    """RGB PIL image -> uint8 (crop, crop, 3): its short side resized to ``short_side``, then
+    the centre ``crop`` x ``crop`` at offsets ((H' - crop) // 2, (W' - crop) // 2).
+    OpenCV-style resizing computes only the cropped pixels (bit-identical to resizing all of
+    them); Pillow's resize runs in uint8, in Pillow's own C code."""
+    new_width, new_height = _resized_size(image, short_side)
+    top, left = (new_height - crop) // 2, (new_width - crop) // 2
+    box = (left, top, left + crop, top + crop)
+    if (new_width, new_height) == image.size:
+        # ml-cvnets, torchvision and transformers all skip this resize
+        return np.asarray(image.crop(box))
+    if resample == "opencv-bilinear":
+        return resize_opencv_bilinear(image, new_width, new_height,
+                                      slice(top, top + crop), slice(left, left + crop))
+    return np.asarray(image.resize((new_width, new_height), _PIL_FILTERS[resample]).crop(box))
 
 
 def preprocessed_box(box, image_size: tuple[int, int], crop_size: int = DEFAULT_CROP_SIZE,
@@ -188,8 +237,7 @@ def preprocess(image: Image.Image, pipeline: str = "cvnets-v2",
     if resize_size < crop_size:
         raise NpvitError(f"resize size {resize_size} is smaller than the crop size {crop_size}")
 
-    pixels = resize_short_side(to_rgb(image), resize_size, spec.resample)   # uint8 (H', W', 3)
-    pixels = center_crop(pixels, crop_size)                                  # uint8 (S, S, 3) RGB
+    pixels = resize_and_crop(to_rgb(image), resize_size, crop_size, spec.resample)  # uint8 (S, S, 3) RGB
     x = pixels.transpose(2, 0, 1).astype(np.float32) / np.float32(255)      # (3, S, S) RGB
     if spec.channel_order == "BGR":
         x = x[::-1]  # the one RGB -> BGR flip

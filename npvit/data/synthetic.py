@@ -28,7 +28,7 @@ first m images of ``make_synthetic(n)`` are those of ``make_synthetic(m)``, bit 
 
 The box is the mask's bounding box, in pixel EDGES: ``x0, y0`` = the first object column / row,
 ``x1, y1`` = one past the last (so ``masks[i, y0:y1, x0:x1]`` holds the whole object and
-``x1 - x0`` is its width in pixels), the convention of COCO-style xyxy boxes.
+``x1 - x0`` is its width in pixels), as torchvision's xyxy boxes.
 """
 from __future__ import annotations
 
@@ -57,6 +57,7 @@ FIELD_SPREAD = 50             # the background's smooth colour field: a base col
 BACKGROUND_GRAIN = 12         # per-pixel noise of the background
 DISTRACTORS = (3, 8)          # how many small distractors (lines, discs, rectangles): 3 to 7
 CONTRAST = 100                # min. max-channel distance of the object colour to the field's base
+MAX_BYTES = 2 << 30           # a set is held in memory: refuse one larger than this
 
 
 @dataclass
@@ -89,6 +90,11 @@ def make_synthetic(n: int, size: int = 64, num_classes: int = 4, seed: int = 0) 
         raise NpvitError(f"synthetic images need a side of at least {MIN_SIDE} px, got {size}")
     if seed < 0:
         raise NpvitError(f"the seed must be >= 0, got {seed}")
+    need = n * size * size * 4          # images (3 bytes a pixel) and masks (1), all in memory
+    if need > MAX_BYTES:
+        raise NpvitError(f"{n} synthetic images of {size}x{size} would take {need / 2**30:.1f} "
+                         f"GiB of memory (the limit is {MAX_BYTES / 2**30:.0f} GiB); make fewer "
+                         f"or smaller images")
     names = class_names_for(num_classes)
     images = np.empty((n, size, size, 3), np.uint8)
     masks = np.empty((n, size, size), np.uint8)

@@ -9,6 +9,7 @@ from pathlib import Path
 from PIL import Image, ImageDraw, ImageFont
 
 from ..data.coco import coco_names
+from ..errors import NpvitError
 
 # 10 distinct colours (matplotlib's tab10), chosen per class so one class keeps one colour
 PALETTE = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2",
@@ -38,12 +39,18 @@ def draw_detections(image: Image.Image, found) -> Image.Image:
 def save_image(image: Image.Image, path) -> Path:
     """Write atomically: a temporary file in the target folder, renamed when complete."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=path.suffix, dir=path.parent)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=path.suffix, dir=path.parent)
+    except OSError as e:
+        raise NpvitError(f"{path}: cannot write there ({e.strerror or e})") from None
     os.close(fd)
     try:
         image.save(tmp)
         os.replace(tmp, path)
+    except OSError as e:
+        Path(tmp).unlink(missing_ok=True)
+        raise NpvitError(f"{path}: cannot write ({e.strerror or e})") from None
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise

@@ -41,7 +41,8 @@ def load_detector(name: str | None = None, weights=None, fallback_random: bool =
     if weights is not None:
         converted = convert_checkpoint(weights, model=name)
         if converted.model not in detectors:
-            raise NpvitError(f"{weights} holds a {converted.model} classifier, not a detector")
+            raise NpvitError(f"{weights} holds {converted.model}, not a detector "
+                             f"(`npvit models --task detection` lists them)")
         model = create_model(converted.model)
         model.load_state_dict(converted.state)
         return model.eval(), f"weights {weights} ({LAYOUT_NAMES[converted.layout]} layout)"

@@ -45,7 +45,6 @@ class Release:
         return self.code != "v0.1"
 
 
-_V2_WIDTHS = {"050": 0.5, "075": 0.75, "100": 1.0, "125": 1.25, "150": 1.5, "175": 1.75, "200": 2.0}
 _WIDTH_NOTE = ("output stride and atrous rates are those of the repo config at width 1.0; "
                "that the released width W used them (override of the width only) is inferred")
 _ADE_NOTE = "the ADE20k output stride 8 and rates (12, 24, 36) are unconfirmed outside the repo config"

@@ -7,7 +7,7 @@ from .checkpoint import checkpoint_arrays, checkpoint_meta, load_checkpoint, sav
 from .clip import clip_grad_norm
 from .folder import ImageFolderSplit, ImageLoader, find_image_folder
 from .optim import SGD, AdamW, Optimizer, weight_decay_groups
-from .run_folder import RunFolder, write_atomically
+from .run_folder import RunFolder
 from .schedule import WarmupCosineSchedule
 from .trainer import (NonFiniteLoss, backbone_features, evaluate, set_train_mode,
                       train_one_epoch, train_step)

@@ -18,7 +18,7 @@ import zlib
 import numpy as np
 
 from ..errors import NpvitError
-from .run_folder import write_atomically
+from ..outputs import write_atomically
 
 _SECTIONS = ("model", "optimizer", "schedule", "meta")
 

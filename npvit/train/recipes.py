@@ -3,15 +3,19 @@ starts from, chosen as a whole with ``--recipe`` and overridden one by one with 
 
 imagenet   ml-cvnets' ImageNet-1k recipe for MobileViT (config/classification/imagenet/
            mobilevit*.yaml): random resized crop of 8-100 % of the image area, horizontal flip,
-           label smoothing 0.1, AdamW with weight decay 0.05 (ml-cvnets: v1 0.01, v2 0.05),
-           validation on the short side resized to size + 32 and centre-cropped. Right for
-           large, varied data; from scratch on a few hundred images it throws too much away
-           (a crop of 8 % of the image often misses the object) and learns slowly.
+           label smoothing 0.1, AdamW with weight decay 0.05 (ml-cvnets: v1 0.01, v2 0.05).
+           Right for large, varied data; from scratch on a few hundred images it throws too
+           much away (a crop of 8 % of the image often misses the object) and learns slowly.
 small      from scratch on small data (hundreds to a few thousand images), chosen by measurement
            on the synthetic shapes task (docs/training_small_data.md has the runs): milder
            crops, no label smoothing, a larger learning rate and less weight decay, and
-           validation on the whole image (resized to size, no margin cropped away), so an object
-           near the border is still seen.
+           validation on the whole image (resized to size, no margin cropped away), so an
+           object near the border is still seen and the synthetic task's boxes are the
+           network's boxes. (Measured: with the 32-pixel margin cropped away a trained
+           mobilevit_xxs scores 99.0 % instead of 98.5 % on 200 held-out images, the same
+           within noise.) The model file records the resize size, so predict, eval and
+           scoremap prepare images as the validation did.
+imagenet validates as ml-cvnets: short side to size + 32, centre crop.
 
 The peak learning rate depends on what trains: ``lr`` from scratch or for a new head on a
 frozen backbone, ``finetune_lr`` when every layer of loaded weights trains (gentle, so the

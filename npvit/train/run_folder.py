@@ -15,8 +15,9 @@ Rules (npvit finetune keeps them; tests/test_run_folder.py kills runs at every w
   older model from the same path.
 - Nothing is written before the first epoch ends, so a run killed earlier leaves the folder as
   it was (an earlier run included, even with ``overwrite``).
-- Each file is written to a temporary ``.tmp-*`` file in the folder and renamed into place
-  (os.replace is atomic): a file is always either the old one or the new one, never a part.
+- Each file is written to a temporary ``.<name>.<pid>.*.part`` file in the folder and renamed
+  into place (npvit.outputs.write_atomically; os.replace is atomic): a file is always either
+  the old one or the new one, never a part.
 - Overwriting removes every file of the earlier run before the new run's first files appear,
   so the folder never mixes two runs; the earlier run is gone only once the new one has
   finished an epoch.
@@ -30,6 +31,7 @@ import os
 from pathlib import Path
 
 from ..errors import NpvitError
+from ..outputs import write_atomically
 
 try:
     import fcntl
@@ -39,29 +41,12 @@ except ImportError:      # not on Windows: runs there are not protected from a c
 MANIFEST = "run.json"
 RUN_FILES = ("checkpoint.npz", "model.npz", "curves.png", MANIFEST)
 LEGACY_FILES = ("classes.txt",)      # written beside the model by npvit before run.json
-TEMP_PREFIX = ".tmp-"
-
-
-def write_atomically(path, write) -> None:
-    """Call ``write(f)`` on a temporary file beside ``path``, flush it to disk, then rename it
-    over ``path``. On any error (or interrupt) the temporary file is removed and ``path`` is
-    untouched."""
-    path = Path(path)
-    tmp = path.parent / f"{TEMP_PREFIX}{os.getpid()}-{path.name}"
-    try:
-        with open(tmp, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 def _is_temporary(name: str) -> bool:
-    # ours (.tmp-*), and npvit.weights.save_npz's (.<name>.<random>.part)
-    return name.startswith(TEMP_PREFIX) or (name.startswith(".") and name.endswith(".part"))
+    # npvit.outputs.write_atomically's .<name>.<pid>.<random>.part, and the .tmp-*.npz that
+    # earlier versions of save_checkpoint left
+    return name.startswith(".") and (name.endswith(".part") or name.startswith(".tmp-"))
 
 
 class RunFolder:

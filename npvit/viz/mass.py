@@ -93,12 +93,15 @@ def box_masses(records: list[AttentionRecord], image_size: tuple[int, int], box)
                     mass_in_box(attention_mass_map(r), image_size, box)) for r in records]
 
 
-def mean_share(masses: list[BoxMass]) -> float:
-    """The mean share over the layers whose grid has more than one patch (module docstring)."""
-    informative = [m.share for m in masses if m.patches > 1]
+def mean_share(masses: list[BoxMass], stride: int | None = None) -> float:
+    """The mean share over the layers whose grid has more than one patch (module docstring);
+    ``stride``: over the layers of that block only (8: the finest map)."""
+    informative = [m.share for m in masses
+                   if m.patches > 1 and (stride is None or m.stride == stride)]
     if not informative:
-        raise NpvitError("every attention layer sees a single patch at this input size, so "
-                         "there is no choice of where to look to measure; use a larger input")
+        raise NpvitError("no attention layer " + (f"at output stride {stride} " if stride else "")
+                         + "sees more than one patch at this input size, so there is no choice "
+                           "of where to look to measure; use a larger input")
     return float(np.mean(informative))
 
 

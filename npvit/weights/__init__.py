@@ -12,8 +12,8 @@
                                      size and preprocessing (what npvit finetune writes)
 """
 from .convert import Converted, convert_checkpoint, save_npz
-from .download import (cache_dir, download, fetch, load_pretrained, local_weights,
-                       pretrained_path)
+from .download import (DownloadError, cache_dir, convert_cached, download, fetch, load_pretrained,
+                       local_weights, pretrained_path)
 from .keymap import detect_layout, to_npvit_names
 from .reader import read_checkpoint
 from .registry import OFFICIAL, Checkpoint, check_state, detect_model, num_parameters, official

@@ -2,14 +2,13 @@
 the ``.npz`` files npvit keeps them in."""
 from __future__ import annotations
 
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from ..errors import NpvitError
+from ..outputs import write_atomically
 from .keymap import to_npvit_names
 from .keymap_detection import detector_names
 from .reader import materialise, open_checkpoint
@@ -28,7 +27,10 @@ def convert_checkpoint(path, model: str | None = None) -> Converted:
     Names, shapes and dtypes are checked before any tensor is read, values (finite) after."""
     with open_checkpoint(path) as tensors:
         check_dtypes(tensors, path)
-        layout, state = detector_names(tensors) or to_npvit_names(tensors)
+        try:
+            layout, state = detector_names(tensors) or to_npvit_names(tensors)
+        except NpvitError as e:
+            raise NpvitError(f"{path}: {e}") from None
         model = model or detect_model(state, source=str(path))
         check_state(state, model, source=str(path))
         state = materialise(state, path)
@@ -59,16 +61,6 @@ def check_finite(state: dict[str, np.ndarray], path) -> None:
 
 
 def save_npz(state: dict[str, np.ndarray], path) -> Path:
-    """Write ``state`` to ``path`` atomically: a temporary file in the same folder, renamed into
-    place only once complete, so a reader never sees half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, **state)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    """Write ``state`` to ``path`` atomically (npvit.outputs.write_atomically): a reader never
+    sees half a file."""
+    return write_atomically(path, lambda f: np.savez(f, **state))

@@ -12,7 +12,6 @@ from __future__ import annotations
 import hashlib
 import http.client
 import os
-import tempfile
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -20,6 +19,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from ..errors import NpvitError
+from ..outputs import check_output, write_atomically
 from .convert import convert_checkpoint, save_npz
 from .registry import official
 
@@ -46,73 +46,120 @@ def local_weights(name: str, directory=None) -> Path | None:
     return None
 
 
+class DownloadError(NpvitError):
+    """The network failed, or what arrived is not the file (size, sha256). Problems of the
+    folder it goes into are plain NpvitErrors that say so, not download errors."""
+
+
 def fetch(url: str, dest, sha256: str | None = None, size: int | None = None,
           progress: bool = True) -> Path:
     """Download ``url`` to ``dest`` with a progress bar (stderr), verifying the byte count the
-    server announced, and ``size`` / ``sha256`` when given. On any failure nothing is left at
-    ``dest`` (nor a temporary file); network errors propagate as urllib/OSError exceptions."""
-    dest = Path(dest)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent)
-    try:
+    server announced, and ``size`` / ``sha256`` when given. Written atomically
+    (npvit.outputs.write_atomically): on any failure nothing is left at ``dest``, nor a
+    temporary file (one left by a killed run is removed). Raises DownloadError for the network
+    or a wrong file, NpvitError for a folder that cannot be written."""
+    dest = check_output(dest, what="download target")
+
+    def write(out):
         digest, received = hashlib.sha256(), 0
-        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=TIMEOUT_SECONDS) as response:
+        try:
+            response = urllib.request.urlopen(url, timeout=TIMEOUT_SECONDS)
+        except (urllib.error.URLError, http.client.HTTPException, OSError, ValueError) as e:
+            raise DownloadError(str(getattr(e, "reason", None) or e)) from None
+        with response:
             announced = response.headers.get("Content-Length")
-            announced = int(announced) if announced is not None else None
+            announced = int(announced) if announced and announced.isdigit() else None
             with tqdm(total=announced, unit="B", unit_scale=True, unit_divisor=1024,
                       desc=dest.name, disable=not progress) as bar:
-                while chunk := response.read(CHUNK_BYTES):
+                while True:
+                    try:
+                        chunk = response.read(CHUNK_BYTES)
+                    except (http.client.HTTPException, OSError) as e:   # the connection, not the disk
+                        raise DownloadError(f"the connection failed ({e})") from None
+                    if not chunk:
+                        break
                     out.write(chunk)
                     digest.update(chunk)
                     received += len(chunk)
                     bar.update(len(chunk))
         # http.client returns a short body without complaint when the server hangs up early
         if announced is not None and received != announced:
-            raise NpvitError(f"download of {url} was interrupted after {received} of {announced} bytes")
+            raise DownloadError(f"download of {url} was interrupted after {received} of {announced} bytes")
         if size is not None and received != size:
-            raise NpvitError(f"{url} has {received} bytes, expected {size}; the file was discarded")
+            raise DownloadError(f"{url} has {received} bytes, expected {size}; the file was discarded")
         if sha256 is not None and digest.hexdigest() != sha256.lower():
-            raise NpvitError(f"{url} has sha256 {digest.hexdigest()}, expected {sha256.lower()}; "
-                             "the file was discarded")
-        os.replace(tmp, dest)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return dest
+            raise DownloadError(f"{url} has sha256 {digest.hexdigest()}, expected {sha256.lower()}; "
+                                "the file was discarded")
+
+    return write_atomically(dest, write)
 
 
-def download(name: str, directory=None, progress: bool = True) -> Path:
-    """The official checkpoint file of model ``name`` in the cache, downloaded if absent."""
+def check_cache_folder(folder: Path) -> Path:
+    """The cache folder, created if missing; one line when it is a file or cannot be written
+    (naming NPVIT_HOME when that is where it comes from), so that is not taken for a network
+    problem."""
+    origin = " (NPVIT_HOME)" if os.environ.get("NPVIT_HOME") and folder == cache_dir() else ""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        raise NpvitError(f"the weights folder {folder}{origin} is a file (or inside one), not a "
+                         "folder; point it elsewhere") from None
+    except OSError as e:
+        raise NpvitError(f"cannot create the weights folder {folder}{origin}: "
+                         f"{e.strerror or e}") from None
+    if not folder.is_dir():
+        raise NpvitError(f"the weights folder {folder}{origin} is not a folder")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise NpvitError(f"the weights folder {folder}{origin} is not writable; point "
+                         "NPVIT_HOME (or --dir) at a folder you can write")
+    return folder
+
+
+def download(name: str, directory=None, progress: bool = True, force: bool = False) -> Path:
+    """The official checkpoint file of model ``name`` in the cache, downloaded if absent (or,
+    with ``force``, again)."""
     entry = official(name)
-    dest = cache_dir(directory) / entry.file_name
-    if dest.is_file() and _matches(dest, entry):
+    dest = check_cache_folder(cache_dir(directory)) / entry.file_name
+    if not force and dest.is_file() and _matches(dest, entry):
         return dest
     try:
         return fetch(entry.url, dest, entry.sha256, entry.bytes, progress)
-    except (NpvitError, urllib.error.URLError, http.client.HTTPException, OSError) as e:
-        reason = getattr(e, "reason", None) or e
+    except DownloadError as e:
         raise NpvitError(
-            f"could not download {name} from {entry.url} ({reason}). To use it offline, fetch "
+            f"could not download {name} from {entry.url} ({e}). To use it offline, fetch "
             f"that URL by hand (e.g. curl -L -o {entry.file_name} {entry.url}) and pass the file "
             f"with --weights {entry.file_name} or create_model({name!r}, "
             f"pretrained={entry.file_name!r}), or put it at {dest}") from None
 
 
-def pretrained_path(name: str, directory=None, progress: bool = True) -> Path:
-    """The cached ``<name>.npz``: downloaded and converted the first time, reused after."""
+def pretrained_path(name: str, directory=None, progress: bool = True, force: bool = False) -> Path:
+    """The cached ``<name>.npz``: downloaded and converted the first time (or, with ``force``,
+    again), reused after."""
     npz = cache_dir(directory) / f"{name}.npz"
-    if not npz.is_file():
-        converted = convert_checkpoint(download(name, directory, progress), model=name)
+    if force or not npz.is_file():
+        source = download(name, directory, progress, force)
+        converted = convert_cached(source, name)
         save_npz(converted.state, npz)
     return npz
+
+
+def convert_cached(path, name: str):
+    """convert_checkpoint on a file of the cache; when it is damaged, the one line says how to
+    replace it (`npvit download NAME --force`) rather than to fetch what is already there."""
+    try:
+        return convert_checkpoint(path, model=name)
+    except NpvitError as e:
+        raise NpvitError(f"{e} — this file in npvit's cache is damaged; run `npvit download "
+                         f"{name} --force` to fetch and convert it again") from None
 
 
 def load_pretrained(name: str, pretrained=True, directory=None) -> dict:
     """The npvit (timm-named) state dict for ``create_model(name, pretrained=...)``:
     ``True`` -> the official weights from the cache; a path -> that checkpoint file, in any
     layout npvit reads, checked against model ``name``."""
-    path = pretrained_path(name, directory) if pretrained is True else pretrained
-    return convert_checkpoint(path, model=name).state
+    if pretrained is True:
+        return convert_cached(pretrained_path(name, directory), name).state
+    return convert_checkpoint(pretrained, model=name).state
 
 
 def _matches(path: Path, entry) -> bool:

@@ -22,8 +22,6 @@ Optional key: "resize_size", the short side images are resized to before the cen
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,7 +29,9 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import NpvitError
+from ..outputs import write_atomically
 from .convert import convert_checkpoint
+from .reader import check_regular_file
 
 META_KEY = "npvit_meta"
 FORMAT = 1
@@ -74,6 +74,10 @@ def check_meta(meta, source: str = "model meta") -> dict:
         raise bad(f"num_classes is {meta['num_classes']} but {len(classes)} class names are given")
     if not all(isinstance(c, str) and c for c in classes):
         raise bad("every class name must be a non-empty string")
+    # names are printed one per line and used as folder names: no control characters
+    odd = next((c for c in classes if not c.isprintable() or len(c) > 200), None)
+    if odd is not None:
+        raise bad(f"class name {odd[:40]!r} has control characters or is over 200 characters")
     if len(set(classes)) != len(classes):
         raise bad("the class names are not unique")
     if meta["input_size"] < 1:
@@ -86,8 +90,8 @@ def check_meta(meta, source: str = "model meta") -> dict:
 
 
 def write_model_npz(path, state_dict: dict, meta: dict) -> Path:
-    """Write ``state_dict`` and ``meta`` to ``path`` atomically (a temporary file in the same
-    folder, renamed into place once complete)."""
+    """Write ``state_dict`` and ``meta`` to ``path`` atomically (npvit.outputs.write_atomically:
+    a temporary file in the same folder, renamed into place once complete)."""
     path = Path(path)
     check_meta(meta)
     if META_KEY in state_dict:
@@ -101,23 +105,13 @@ def write_model_npz(path, state_dict: dict, meta: dict) -> Path:
     if odd:   # np.savez would pickle an object array, which readers (rightly) refuse
         raise NpvitError(f"{odd[0]} is not a numeric array ({arrays[odd[0]].dtype})")
     arrays[META_KEY] = np.array(json.dumps(meta))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, **arrays)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return write_atomically(path, lambda f: np.savez(f, **arrays))
 
 
 def read_model_meta(path) -> dict | None:
     """The checked meta dict of an npvit model file, or None for any file without one."""
     path = Path(path)
-    if not path.is_file():
-        raise NpvitError(f"checkpoint {path} does not exist")
+    check_regular_file(path, "checkpoint")   # missing, a directory, FIFO or device: by name
     with open(path, "rb") as f:
         if f.read(2) != b"PK":        # not a zip, so not an .npz
             return None

@@ -25,18 +25,26 @@ def pixel_shuffle_loops_transposed(scores, grid):
     return out
 
 
-def upsample_nearest_backward(d_map, s):
-    h, w = d_map.shape[0] // s, d_map.shape[1] // s
-    return d_map.reshape(h, s, w, s).sum(axis=(1, 3))          # every copy sends its gradient back
+def min_max_normalise_backward(d_out, v):
+    # out_j = (v_j - v[lo]) / R with R = v[hi] - v[lo]; lo, hi the positions of min and max.
+    #   d out_j / d v_k = [j = k] / R - [k = lo] / R - (v_j - v[lo]) / R^2 ([k = hi] - [k = lo])
+    lo, hi = np.argmin(v), np.argmax(v)
+    r = v.flat[hi] - v.flat[lo]
+    out = (v - v.flat[lo]) / r
+    d_v = d_out / r
+    d_v.flat[lo] -= d_out.sum() / r
+    through_range = (d_out * out).sum() / r        # sum_j d_out_j (v_j - v[lo]) / R^2
+    d_v.flat[hi] -= through_range
+    d_v.flat[lo] += through_range
+    return d_v
 
 
-def upsample_nearest_backward_mean(d_map, s):
-    """Wrong: averages the block instead of summing it (a mean is the backward of a pooling, not of a copy)."""
-    h, w = d_map.shape[0] // s, d_map.shape[1] // s
-    return d_map.reshape(h, s, w, s).mean(axis=(1, 3))
+def min_max_normalise_backward_constant_range(d_out, v):
+    """Wrong: treats min and max as constants, as if they did not depend on v."""
+    return d_out / (v.max() - v.min())
 
 
 WRONG_ANSWERS = {
     "pixel_shuffle_loops": pixel_shuffle_loops_transposed,
-    "upsample_nearest_backward": upsample_nearest_backward_mean,
+    "min_max_normalise_backward": min_max_normalise_backward_constant_range,
 }

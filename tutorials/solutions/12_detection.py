@@ -1,0 +1,40 @@
+"""Solutions to the exercises of tutorial 12, and the wrong answers their checkers must reject."""
+import numpy as np
+
+
+def _iou_with(box, others):
+    """IoU of one corner box with each row of others (torchvision's arithmetic)."""
+    w = np.maximum(0, np.minimum(box[2], others[:, 2]) - np.maximum(box[0], others[:, 0]))
+    h = np.maximum(0, np.minimum(box[3], others[:, 3]) - np.maximum(box[1], others[:, 1]))
+    inter = w * h
+    area = (box[2] - box[0]) * (box[3] - box[1])
+    areas = (others[:, 2] - others[:, 0]) * (others[:, 3] - others[:, 1])
+    return inter / (area + areas - inter)
+
+
+def nms_by_hand(boxes, scores, iou_threshold):
+    order = list(np.argsort(-scores, kind="stable"))
+    keep = []
+    while order:
+        best = order.pop(0)
+        keep.append(best)
+        if order:
+            rest = np.array(order)
+            order = list(rest[_iou_with(boxes[best], boxes[rest]) <= iou_threshold])
+    return np.array(keep, dtype=np.int64)
+
+
+def nms_by_hand_at_or_above(boxes, scores, iou_threshold):
+    """Wrong: drops boxes whose IoU EQUALS the threshold too (torchvision keeps them: > only)."""
+    order = list(np.argsort(-scores, kind="stable"))
+    keep = []
+    while order:
+        best = order.pop(0)
+        keep.append(best)
+        if order:
+            rest = np.array(order)
+            order = list(rest[_iou_with(boxes[best], boxes[rest]) < iou_threshold])
+    return np.array(keep, dtype=np.int64)
+
+
+WRONG_ANSWERS = {"nms_by_hand": nms_by_hand_at_or_above}
