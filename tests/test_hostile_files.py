@@ -246,7 +246,7 @@ _API_CHILD = textwrap.dedent("""
                 kwargs = dict(case["kwargs"])
                 if "dtype" in kwargs:
                     kwargs["dtype"] = getattr(np, kwargs["dtype"])
-                npvit.create_model("mobilevit_xxs", **kwargs)
+                npvit.create_model(case.get("model", "mobilevit_xxs"), **kwargs)
             elif case["call"] == "empty batch":
                 npvit.create_model("mobilevit_xxs")(np.zeros((0, 3, 64, 64), np.float32))
             result = dict(type=None, message="")
@@ -276,6 +276,15 @@ def test_hostile_files_through_the_python_api(xxs_npz):
               for k, v, e in (("num_classes", -1, "num_classes"), ("num_classes", 10**12, "num_classes"),
                               ("dtype", "int8", "dtype must be float32 or float64"),
                               ("seed", -1, "seed must be a non-negative integer"))]
+    # the dense-prediction releases check their arguments the same way
+    cases += [dict(name=f"create_model({m}, {k}={v!r})", call="create_model", model=m,
+                   kwargs={k: v}, expect=e)
+              for m in ("deeplabv3_mobilevitv2_050_voc", "ssdlite_mobilevitv2_050_coco")
+              for k, v, e in (("dtype", "int8", "dtype must be float32 or float64"),
+                              ("seed", -1, "seed must be a non-negative integer"))]
+    cases.append(dict(name="create_model(deeplabv3, num_classes=-1)", call="create_model",
+                      model="deeplabv3_mobilevitv2_050_voc", kwargs={"num_classes": -1},
+                      expect="num_classes"))
     cases.append(dict(name="model(x[:0])", call="empty batch", expect="the batch is empty"))
     # positive controls: the same builders give files that read
     cases.append(dict(name="honest control", call="read", path=str(H.honest_tensor_file(tmp / "ok.pt")),

@@ -44,6 +44,8 @@ def create_model(name: str | None = None, num_classes: int | None = None, pretra
     the same arguments; their num_classes defaults to the release's classes. Detection
     releases (``list_models("detection")``) take pretrained, dtype and seed (81 COCO classes).
     """
+    if name in segmentation.RELEASES or name in ssdlite.RELEASES:
+        _check_arguments(1 if num_classes is None else num_classes, dtype, drop_rate, seed)
     if name in segmentation.RELEASES:
         return segmentation.create(name, num_classes, pretrained, dtype, drop_rate, seed)
     if name in ssdlite.RELEASES:
