@@ -33,10 +33,12 @@ import numpy as np
 import npvit
 from npvit import functional as F
 from npvit.bench import attention_zoo as zoo
-from npvit.gradcheck import check_gradients, wrap_op
-from tutorial_setup import FAST, optional_torch, plt, show, skip_without_torch
+from npvit.functional.attention_zoo import _bias_table_grad, _weights_backward, _weights_forward
+from npvit.gradcheck import check_gradients, numeric_gradient, relative_error, wrap_op
+from tutorial_setup import FAST, Exercises, optional_torch, plt, show, skip_without_torch
 
 rng = np.random.default_rng(0)
+exercises = Exercises("10")          # solutions: tutorials/solutions/10_attention_zoo.py
 
 # %% [markdown]
 # ## A bias per relative position
@@ -190,6 +192,38 @@ mixed.forward(x_mpc)
 assert np.allclose(mixed.last_attention[:, 0].sum(-1), 1.0)       # head 0: a softmax
 
 # %% [markdown]
+# ### The ReLU softmax's backward, by hand
+#
+# Per row of scores s: `r = ReLU(s)`, `D = sum_j r_j + eps`, `A_i = r_i / D`. Then
+# `dA_i/dr_j = [i = j] / D - r_i / D^2 = ([i = j] - A_i) / D`, so the vector-Jacobian product is
+# `dr_j = sum_i dA_i ([i = j] - A_i) / D = (dA_j - <dA, A>) / D` — the softmax's rule with the
+# exponential's extra factor A_j gone — and the ReLU passes it where s > 0:
+# `ds = (dA - <dA, A>) / D * [s > 0]`. Finite differences are safe here only away from the kink
+# at s = 0 (a perturbation of h that crosses 0 sees a one-sided slope), so the scores are kept
+# at least 0.1 from it.
+
+# %%
+def relu_softmax_backward_by_hand(d_weights, s, eps=F.attention_zoo.RELU_SOFTMAX_EPS):
+    """d_weights, s: (..., m) -> ds (..., m)."""
+    r = np.maximum(s, 0.0)
+    denominator = r.sum(axis=-1, keepdims=True) + eps                  # (..., 1)
+    weights = r / denominator
+    dr = (d_weights - (d_weights * weights).sum(axis=-1, keepdims=True)) / denominator
+    return dr * (s > 0)
+
+
+s_relu = rng.standard_normal((2, 3, 6))
+s_relu += 0.2 * np.sign(s_relu)                  # |s| >= 0.2: no finite difference crosses the kink
+dA = rng.standard_normal(s_relu.shape)
+ours = relu_softmax_backward_by_hand(dA, s_relu)
+num, idx = numeric_gradient(lambda: _weights_forward(s_relu.copy(), "relu")[0], s_relu, dA)
+_, relu_cache = _weights_forward(s_relu.copy(), "relu")
+errs = {"vs finite differences": relative_error(ours.reshape(-1)[idx], num),
+        "vs npvit (MPCAttention's backward)": relative_error(ours, _weights_backward(dA, relu_cache))}
+print({k: f"{v:.1e}" for k, v in errs.items()})
+assert errs["vs finite differences"] < 1e-8 and errs["vs npvit (MPCAttention's backward)"] < 1e-13
+
+# %% [markdown]
 # ## Every backward, against finite differences
 #
 # One check per family here (the tests check all of them, and against timm / PyTorch):
@@ -204,6 +238,74 @@ print({k: f"{v:.1e}" for k, v in errors.items()})
 assert max(errors.values()) < 1e-7
 fwd, bwd = wrap_op(lambda x: F.window_partition_forward(x, 3), F.window_partition_backward, ["x"])
 assert max(check_gradients(fwd, bwd, {"x": rng.standard_normal((1, 4, 5, 2))}).values()) < 1e-8
+
+# %% [markdown]
+# ## Exercises
+#
+# Fill in a function and run the cell after it: the checker compares your answer with npvit
+# and with finite differences (solutions, read them last: `tutorials/solutions/10_attention_zoo.py`).
+#
+# ### Exercise 10.1: merging windows is partition's backward
+#
+# Without padding (H, W multiples of ws), partition is `x.reshape(B, nH, ws, nW, ws, C)`, a
+# transpose to (B, nH, nW, ws, ws, C) and a reshape to (B * nH * nW, ws * ws, C). It only moves
+# numbers, so its backward moves the gradients back: undo each step in reverse order. Return
+# `dx` (B, H, W, C) from `d_windows`.
+
+
+# %%
+def window_merge_by_reshapes(d_windows, height, width, ws):
+    """d_windows: (B * nH * nW, ws * ws, C) -> dx (B, height, width, C)."""
+    raise NotImplementedError
+
+
+# %%
+def check_window_merge_by_reshapes(candidate):
+    r = np.random.default_rng(101)
+    x = r.standard_normal((2, 6, 4, 3))
+    windows, cache = F.window_partition_forward(x, 2)
+    d_windows = r.standard_normal(windows.shape)
+    dx = candidate(d_windows.copy(), 6, 4, 2)
+    assert np.shape(dx) == x.shape, f"dx must be {x.shape}, got {np.shape(dx)}"
+    assert relative_error(dx, F.window_partition_backward(d_windows, cache)) < 1e-14, \
+        "dx differs from npvit's window_partition_backward (is the transpose undone?)"
+    num, idx = numeric_gradient(lambda: F.window_partition(x, 2), x, d_windows, rng=r)
+    assert relative_error(np.reshape(dx, -1)[idx], num) < 1e-8, "dx differs from finite differences"
+
+
+exercises.check(window_merge_by_reshapes, check_window_merge_by_reshapes)
+
+# %% [markdown]
+# ### Exercise 10.2: the bias table's gradient is a scatter-add
+#
+# The forward reads `bias = table[:, index]`: (h, T) -> (h, N, N). Many token pairs read the
+# same entry (on a 4 x 4 grid, 256 pairs share 16 entries), so each entry's gradient is the sum
+# of the gradients of all pairs that read it. Return `d_table` (h, T) from `d_bias` (h, N, N).
+# (Careful: `d_table[:, index] += d_bias` does not add repeated indices; `np.add.at` or
+# `np.bincount` does.)
+
+
+# %%
+def bias_table_backward(d_bias, index, table_size):
+    """d_bias: (h, N, N), index: (N, N) ints in [0, table_size) -> d_table (h, table_size)."""
+    raise NotImplementedError
+
+
+# %%
+def check_bias_table_backward(candidate):
+    r = np.random.default_rng(102)
+    index = F.relative_position_index(3, 4)                      # (12, 12) into 12 entries
+    table = r.standard_normal((2, 12))
+    d_bias = r.standard_normal((2, 12, 12))
+    d_table = candidate(d_bias.copy(), index, 12)
+    assert np.shape(d_table) == table.shape, f"d_table must be {table.shape}, got {np.shape(d_table)}"
+    assert relative_error(d_table, _bias_table_grad(d_bias, index, 12)) < 1e-13, \
+        "d_table differs from npvit's (are repeated entries summed?)"
+    num, _ = numeric_gradient(lambda: table[:, index], table, d_bias)
+    assert relative_error(d_table, num.reshape(table.shape)) < 1e-8, "d_table differs from finite differences"
+
+
+exercises.check(bias_table_backward, check_bias_table_backward)
 
 # %% [markdown]
 # ## Fig. 1, extended: counted work and latency against k

@@ -31,7 +31,7 @@ import numpy as np
 import npvit
 from npvit import functional as F
 from npvit.data.synthetic import make_synthetic
-from npvit.gradcheck import check_gradients, wrap_op
+from npvit.gradcheck import check_gradients, numeric_gradient, relative_error, wrap_op
 from npvit.models import MobileViTBackbone
 from npvit.models.heads import DeepLabV3Head
 from npvit.nn import ConvNormAct, Module, Sequential, manual_seed, no_grad
@@ -192,6 +192,72 @@ def check_adaptive_pool_rows(candidate):
 
 
 exercises.check(adaptive_pool_rows, check_adaptive_pool_rows)
+
+# %% [markdown]
+# ### The pooling's backward, by hand
+#
+# With the two bin matrices, pooling is `y = A_h x A_w^T` per channel: `y[i, j] = sum_{a, b}
+# A_h[i, a] x[a, b] A_w[j, b]`. Input pixel (a, b) touches every output (i, j) with factor
+# A_h[i, a] A_w[j, b], so `dx[a, b] = sum_{i, j} A_h[i, a] dy[i, j] A_w[j, b]`, i.e.
+# `dx = A_h^T dy A_w`: the backward of a linear map is its transpose. A pixel in two
+# overlapping bins gets a share from each bin's gradient.
+
+# %%
+def adaptive_pool_backward_by_hand(dy, height, width):
+    """dy (N, C, p, q) -> dx (N, C, height, width)."""
+    a_h = F.adaptive_pool_matrix(height, dy.shape[2])          # (p, H)
+    a_w = F.adaptive_pool_matrix(width, dy.shape[3])           # (q, W)
+    return a_h.T @ dy @ a_w                                    # (H, p) (p, q) (q, W)
+
+
+x_pool = rng.standard_normal((1, 2, 10, 7))
+y_pool, pool_cache = F.adaptive_avg_pool_forward(x_pool, (3, 2))       # 10 -> 3 bins overlap
+dy_pool = rng.standard_normal(y_pool.shape)
+ours = adaptive_pool_backward_by_hand(dy_pool, 10, 7)
+num, idx = numeric_gradient(lambda: F.adaptive_avg_pool_forward(x_pool, (3, 2))[0], x_pool, dy_pool, rng=rng)
+errs = {"vs finite differences": relative_error(ours.reshape(-1)[idx], num),
+        "vs npvit adaptive_avg_pool_backward": relative_error(ours, F.adaptive_avg_pool_backward(dy_pool, pool_cache))}
+print({k: f"{v:.1e}" for k, v in errs.items()})
+assert errs["vs finite differences"] < 1e-8 and errs["vs npvit adaptive_avg_pool_backward"] < 1e-14
+if torch is None:
+    skip_without_torch("the comparison with torch's adaptive_avg_pool2d backward")
+else:
+    xt = torch.from_numpy(x_pool).requires_grad_()
+    torch.nn.functional.adaptive_avg_pool2d(xt, (3, 2)).backward(torch.from_numpy(dy_pool))
+    print(f"vs torch's backward: {relative_error(ours, xt.grad.numpy()):.1e}")
+    assert relative_error(ours, xt.grad.numpy()) < 1e-14
+
+# %% [markdown]
+# ### Exercise 11.2: the pixel cross entropy with an ignore index
+#
+# The loss averages `-log softmax(logits)[target]` over the pixels whose target is not
+# `ignore_index` (object borders in PASCAL VOC). Per valid pixel the gradient of its term is
+# `softmax - onehot(target)` (tutorial 6); ignored pixels get 0, and every valid pixel's
+# share is divided by the number of VALID pixels, not of all pixels. Return `dlogits`.
+
+# %%
+def pixel_cross_entropy_backward_by_hand(logits, targets, ignore_index):
+    """logits (N, C, H, W), targets (N, H, W) ints -> dlogits (N, C, H, W) of the mean loss."""
+    raise NotImplementedError
+
+
+# %%
+def check_pixel_cross_entropy_backward_by_hand(candidate):
+    r = np.random.default_rng(112)
+    logits = r.standard_normal((2, 4, 3, 5))
+    targets = r.integers(0, 4, size=(2, 3, 5))
+    targets[r.random(targets.shape) < 0.3] = 255                  # about 30 % ignored
+    got = candidate(logits.copy(), targets.copy(), 255)
+    assert np.shape(got) == logits.shape, f"dlogits must be {logits.shape}, got {np.shape(got)}"
+    _, cache = F.pixel_cross_entropy_forward(logits, targets, ignore_index=255)
+    assert relative_error(got, F.pixel_cross_entropy_backward(cache)) < 1e-13, \
+        "dlogits differs from npvit's (divided by the valid pixels? zero where ignored?)"
+    num, idx = numeric_gradient(lambda: np.array(F.pixel_cross_entropy_forward(logits, targets, 255)[0]),
+                                logits, np.array(1.0), max_coords=40, rng=r)
+    assert relative_error(np.reshape(got, -1)[idx], num) < 1e-7, "dlogits differs from finite differences"
+
+
+exercises.check(pixel_cross_entropy_backward_by_hand, check_pixel_cross_entropy_backward_by_hand)
 
 # %% [markdown]
 # ## 4. A small segmenter, trained in NumPy

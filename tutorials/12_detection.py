@@ -36,6 +36,8 @@ from npvit.detection.multibox_loss import (box_iou, match_anchors, multibox_loss
 from npvit.models.ssd_anchors import anchors_per_location, ssd_anchors
 from npvit.models.ssd_boxes import (PostProcess, batched_nms, center_to_corner, decode_boxes,
                                     nms, postprocess)
+from npvit import functional as F
+from npvit.gradcheck import numeric_gradient, relative_error
 from npvit.nn import Conv2d, ConvNormAct, Module, Sequential, manual_seed
 from npvit.train.optim import AdamW
 from tutorial_setup import Exercises, FAST, plt, show
@@ -205,6 +207,67 @@ used = np.flatnonzero(np.abs(dlogits[0]).sum(-1) > 0)
 print(f"loss {loss.total:.3f} = box {loss.box:.3f} + class {loss.cls:.3f}; the class loss "
       f"uses {len(used)} anchors = {len(positive)} positives + 3 x {len(positive)} negatives")
 assert len(used) == 4 * len(positive) and np.abs(dboxes[0, labels == 0]).sum() == 0
+
+# %% [markdown]
+# ### The box loss's backward, by hand
+#
+# With d = pred - target per number, `l(d) = 0.5 d^2 / beta` for |d| < beta and
+# `|d| - 0.5 beta` elsewhere, so `l'(d) = d / beta` inside and `sign(d)` outside. The two
+# pieces meet with equal value and slope at |d| = beta (d / beta = +-1 there), so unlike L1 the
+# loss is differentiable everywhere and finite differences need no care at the seam; only
+# l'' jumps. The box loss sums l over the positive anchors' offsets and divides by their number,
+# so its gradient is `l'(d) / num_pos` on the positives and exactly 0 on every other anchor.
+
+# %%
+def smooth_l1_backward_by_hand(pred, target, beta=1.0):
+    """pred, target: any same shape -> d(sum of l(pred - target)) / d pred."""
+    d = pred - target
+    return np.where(np.abs(d) < beta, d / beta, np.sign(d))
+
+
+r_l1 = np.random.default_rng(5)          # its own generator: the training below draws from rng
+small_pred, small_target = r_l1.normal(size=(5, 4)) * 1.5, r_l1.normal(size=(5, 4))
+ours = smooth_l1_backward_by_hand(small_pred, small_target)
+num, _ = numeric_gradient(lambda: np.array(F.smooth_l1_forward(small_pred, small_target)[0]),
+                          small_pred, np.array(1.0))
+errs = {"vs finite differences": relative_error(ours.reshape(-1), num),
+        "vs npvit smooth_l1_backward": relative_error(
+            ours, F.smooth_l1_backward(F.smooth_l1_forward(small_pred, small_target)[1]))}
+# and inside the multibox loss: l'(d) / num_pos on the positives, nothing elsewhere
+box_grad = np.zeros_like(fake_offsets[0])
+box_grad[positive] = smooth_l1_backward_by_hand(fake_offsets[0, positive], offsets[positive]) / len(positive)
+errs["vs multibox_loss_backward"] = relative_error(box_grad, dboxes[0])
+print({k: f"{v:.1e}" for k, v in errs.items()})
+assert errs["vs finite differences"] < 1e-8
+assert errs["vs npvit smooth_l1_backward"] < 1e-15 and errs["vs multibox_loss_backward"] < 1e-14
+
+# %% [markdown]
+# **Exercise.** Write the IoU matrix of two sets of corner boxes (x1, y1, x2, y2) with
+# broadcasting, no loops: the intersection is the box from the larger top-left corner to the
+# smaller bottom-right one, and its width and height are 0, not negative, when the boxes do not
+# overlap. The checker compares with `npvit.detection.multibox_loss.box_iou` (ml-cvnets'
+# arithmetic, with eps = 0) on overlapping, nested, touching and disjoint boxes.
+
+# %%
+def box_iou_by_hand(boxes_a, boxes_b):
+    """boxes_a (M, 4), boxes_b (K, 4) corner boxes of positive area -> (M, K) IoU."""
+    raise NotImplementedError
+
+
+def check_box_iou_by_hand(candidate):
+    r = np.random.default_rng(12)
+    xy = r.uniform(0, 1, size=(9, 2))
+    a = np.concatenate([xy, xy + r.uniform(0.05, 0.5, size=(9, 2))], axis=1)
+    b = np.array([[0, 0, 1, 1], [0.2, 0.2, 0.4, 0.4], [1, 0, 2, 1], [3, 3, 4, 4], [-1, -1, 0.1, 0.1]])
+    for first, second in ((a, b), (b, b), (a, a)):
+        ours = np.asarray(candidate(first, second))
+        assert ours.shape == (len(first), len(second)), f"shape {ours.shape}, expected {(len(first), len(second))}"
+        assert relative_error(ours, box_iou(first, second, eps=0)) < 1e-12, \
+            "IoU differs from npvit's box_iou (are disjoint boxes' overlaps clipped at 0?)"
+    assert np.allclose(np.diag(np.asarray(candidate(a, a))), 1.0), "a box's IoU with itself must be 1"
+
+
+exercises.check(box_iou_by_hand, check_box_iou_by_hand)
 
 # %% [markdown]
 # ## 5. A tiny detector, trained in NumPy

@@ -19,4 +19,22 @@ def adaptive_pool_rows_floor(n, p):
     return a
 
 
-WRONG_ANSWERS = {"adaptive_pool_rows": adaptive_pool_rows_floor}
+def pixel_cross_entropy_backward_by_hand(logits, targets, ignore_index):
+    valid = targets != ignore_index                                   # (N, H, W)
+    p = np.exp(logits - logits.max(axis=1, keepdims=True))
+    p /= p.sum(axis=1, keepdims=True)                                 # softmax over C
+    onehot = np.arange(logits.shape[1])[None, :, None, None] == targets[:, None]
+    return (p - onehot) * valid[:, None] / max(int(valid.sum()), 1)
+
+
+def pixel_cross_entropy_backward_all_pixels(logits, targets, ignore_index):
+    """Wrong: zero at ignored pixels, but divided by all pixels instead of the valid ones."""
+    valid = targets != ignore_index
+    p = np.exp(logits - logits.max(axis=1, keepdims=True))
+    p /= p.sum(axis=1, keepdims=True)
+    onehot = np.arange(logits.shape[1])[None, :, None, None] == targets[:, None]
+    return (p - onehot) * valid[:, None] / valid.size
+
+
+WRONG_ANSWERS = {"adaptive_pool_rows": adaptive_pool_rows_floor,
+                 "pixel_cross_entropy_backward_by_hand": pixel_cross_entropy_backward_all_pixels}

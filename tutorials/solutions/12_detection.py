@@ -37,4 +37,23 @@ def nms_by_hand_at_or_above(boxes, scores, iou_threshold):
     return np.array(keep, dtype=np.int64)
 
 
-WRONG_ANSWERS = {"nms_by_hand": nms_by_hand_at_or_above}
+def box_iou_by_hand(boxes_a, boxes_b):
+    top_left = np.maximum(boxes_a[:, None, :2], boxes_b[None, :, :2])         # (M, K, 2)
+    bottom_right = np.minimum(boxes_a[:, None, 2:], boxes_b[None, :, 2:])
+    overlap = np.clip(bottom_right - top_left, 0, None).prod(-1)              # (M, K)
+    area_a = (boxes_a[:, 2:] - boxes_a[:, :2]).prod(-1)
+    area_b = (boxes_b[:, 2:] - boxes_b[:, :2]).prod(-1)
+    return overlap / (area_a[:, None] + area_b[None, :] - overlap)
+
+
+def box_iou_by_hand_unclipped(boxes_a, boxes_b):
+    """Wrong: no clip, so two boxes apart in both x and y get a positive "overlap"."""
+    top_left = np.maximum(boxes_a[:, None, :2], boxes_b[None, :, :2])
+    bottom_right = np.minimum(boxes_a[:, None, 2:], boxes_b[None, :, 2:])
+    overlap = (bottom_right - top_left).prod(-1)
+    area_a = (boxes_a[:, 2:] - boxes_a[:, :2]).prod(-1)
+    area_b = (boxes_b[:, 2:] - boxes_b[:, :2]).prod(-1)
+    return overlap / (area_a[:, None] + area_b[None, :] - overlap)
+
+
+WRONG_ANSWERS = {"nms_by_hand": nms_by_hand_at_or_above, "box_iou_by_hand": box_iou_by_hand_unclipped}
