@@ -28,12 +28,13 @@ from pathlib import Path
 
 from ..data import example_image_path, load_image
 from ..data.coco import coco_names
-from ..detection.draw import draw_detections, save_image
+from ..detection.draw import draw_detections
 from ..detection.pipeline import (DEFAULT_DETECTOR, RANDOM_WEIGHTS, as_records, detect_image,
                                   load_detector)
 from ..errors import NpvitError
 from ..models import list_models
 from ..models.ssdlite import INPUT_SIZE
+from ..outputs import save_image
 from ..weights import cache_dir
 
 DEFAULT_THRESHOLD = 0.3
