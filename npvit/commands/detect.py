@@ -26,7 +26,7 @@ import json
 import sys
 from pathlib import Path
 
-from ..data import example_image_path, load_image
+from ..data import load_image
 from ..data.coco import coco_names
 from ..detection.draw import draw_detections
 from ..detection.pipeline import (DEFAULT_DETECTOR, RANDOM_WEIGHTS, as_records, detect_image,
@@ -36,6 +36,7 @@ from ..models import list_models
 from ..models.ssdlite import INPUT_SIZE
 from ..outputs import save_image
 from ..weights import cache_dir
+from .options import add_images, images_or_example
 
 DEFAULT_THRESHOLD = 0.3
 
@@ -55,11 +56,7 @@ def run(args) -> int:
         raise NpvitError(f"-o {args.output}: give a .png or .jpg file name")
     if args.weights is None and args.model is None:
         args.model = DEFAULT_DETECTOR
-    images = args.images
-    if not images:
-        images = [str(example_image_path())]
-        print(f"npvit detect: no IMAGE given, looking at the example photo {images[0]}",
-              file=sys.stderr)
+    images = images_or_example(args, "detect", "looking at")
 
     model = source = None
     failures, names = 0, coco_names()
@@ -100,7 +97,7 @@ def run(args) -> int:
 def add_parser(sub):
     p = sub.add_parser("detect", help="COCO objects in images with an SSDLite detector",
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("images", nargs="*", metavar="IMAGE", help="image files (default: the example photo)")
+    add_images(p)
     p.add_argument("--model", metavar="NAME",
                    help=f"one of `npvit models --task detection` (default {DEFAULT_DETECTOR}; "
                         "with --weights: detected)")

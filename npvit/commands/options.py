@@ -1,6 +1,9 @@
 """Command-line options that several subcommands share, defined once."""
 from __future__ import annotations
 
+import sys
+
+from ..data import example_image_path
 from ..errors import NpvitError
 from ..inference import DEFAULT_MODEL
 
@@ -13,6 +16,21 @@ def add_model_and_weights(p) -> None:
     p.add_argument("--weights", metavar="PATH", help="checkpoint (.pt/.pth, .safetensors, .npz)")
     p.add_argument("--download", action="store_true",
                    help="download the official weights into the cache if they are not there")
+
+
+def add_images(p) -> None:
+    """IMAGE ...: the images to look at (none: the example photo, see images_or_example)."""
+    p.add_argument("images", nargs="*", metavar="IMAGE", help="image files (default: the example photo)")
+
+
+def images_or_example(args, command: str, doing: str) -> list[str]:
+    """``args.images``, or when none were given the example photo, said on stderr as
+    "npvit COMMAND: no IMAGE given, DOING the example photo PATH"."""
+    if args.images:
+        return args.images
+    example = str(example_image_path())
+    print(f"npvit {command}: no IMAGE given, {doing} the example photo {example}", file=sys.stderr)
+    return [example]
 
 
 def check_seed(seed: int) -> int:

@@ -26,7 +26,7 @@ import json
 import sys
 import threading
 
-from ..data import DEFAULT_CROP_SIZE, example_image_path, load_image, preprocess
+from ..data import DEFAULT_CROP_SIZE, load_image, preprocess
 from ..errors import NpvitError, error_line
 from ..inference import (DEFAULT_MODEL, PREPROCESS_CHOICES, RANDOM_WEIGHTS, check_size,
                          class_names, classify, load_model, model_file_settings, pipeline_for,
@@ -34,7 +34,8 @@ from ..inference import (DEFAULT_MODEL, PREPROCESS_CHOICES, RANDOM_WEIGHTS, chec
 from ..models import list_models
 from ..weights import cache_dir
 from ..threads import map_in_order
-from .options import add_model_and_weights, add_threads, apply_threads, check_seed
+from .options import (add_images, add_model_and_weights, add_threads, apply_threads, check_seed,
+                      images_or_example)
 
 
 class _LazyModel:
@@ -86,11 +87,7 @@ def run(args) -> int:
         raise NpvitError(f"--topk must be at least 1, got {args.topk}")
     if args.model is not None:
         check_size(args.model, args.size)   # before any image is read
-    images = args.images
-    if not images:
-        images = [str(example_image_path())]
-        print(f"npvit predict: no IMAGE given, classifying the example photo {images[0]}",
-              file=sys.stderr)
+    images = images_or_example(args, "predict", "classifying")
 
     lazy = _LazyModel(args)
 
@@ -127,7 +124,7 @@ def run(args) -> int:
 def add_parser(sub):
     p = sub.add_parser("predict", help="top-k classes of images (default: an example photo)",
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("images", nargs="*", metavar="IMAGE", help="image files (default: the example photo)")
+    add_images(p)
     add_model_and_weights(p)
     p.add_argument("--topk", type=int, default=5, help="classes per image (default 5)")
     p.add_argument("--size", type=int,
