@@ -35,8 +35,7 @@ from ..errors import NpvitError
 from ..models import list_models
 from ..models.ssdlite import INPUT_SIZE
 from ..outputs import save_image
-from ..weights import cache_dir
-from .options import add_images, images_or_example
+from .options import add_images, images_or_example, note_random_weights
 
 DEFAULT_THRESHOLD = 0.3
 
@@ -71,9 +70,7 @@ def run(args) -> int:
             model, source = load_detector(args.model, args.weights, fallback_random=True,
                                           download=args.download, seed=args.seed)
             if source == RANDOM_WEIGHTS:
-                print(f"npvit detect: no official weights for {model.name} in {cache_dir()}, so "
-                      f"RANDOM untrained weights are used (get them with `npvit download "
-                      f"{model.name}` or --download, or pass --weights PATH)", file=sys.stderr)
+                note_random_weights("detect", model.name)
         found = detect_image(model, image, args.threshold)
         pipeline = model.release.pipeline
         if args.json:

@@ -6,6 +6,7 @@ import sys
 from ..data import example_image_path
 from ..errors import NpvitError
 from ..inference import DEFAULT_MODEL
+from ..weights import cache_dir
 
 
 def add_model_and_weights(p) -> None:
@@ -31,6 +32,13 @@ def images_or_example(args, command: str, doing: str) -> list[str]:
     example = str(example_image_path())
     print(f"npvit {command}: no IMAGE given, {doing} the example photo {example}", file=sys.stderr)
     return [example]
+
+
+def note_random_weights(command: str, name: str) -> None:
+    """Say on stderr that ``name`` runs with RANDOM weights, as none are in the cache."""
+    print(f"npvit {command}: no official weights for {name} in {cache_dir()}, so RANDOM "
+          f"untrained weights are used (get them with `npvit download {name}` or "
+          f"--download, or pass --weights PATH)", file=sys.stderr)
 
 
 def check_seed(seed: int) -> int:

@@ -32,10 +32,9 @@ from ..inference import (DEFAULT_MODEL, PREPROCESS_CHOICES, RANDOM_WEIGHTS, chec
                          class_names, classify, load_model, model_file_settings, pipeline_for,
                          top_k)
 from ..models import list_models
-from ..weights import cache_dir
 from ..threads import map_in_order
 from .options import (add_images, add_model_and_weights, add_threads, apply_threads, check_seed,
-                      images_or_example)
+                      images_or_example, note_random_weights)
 
 
 class _LazyModel:
@@ -60,10 +59,7 @@ class _LazyModel:
             if note:
                 print(f"npvit predict: {note}", file=sys.stderr)
             if self.source == RANDOM_WEIGHTS:
-                name = self.model.name
-                print(f"npvit predict: no official weights for {name} in {cache_dir()}, so "
-                      f"RANDOM untrained weights are used (get them with `npvit download {name}` "
-                      f"or --download, or pass --weights PATH)", file=sys.stderr)
+                note_random_weights("predict", self.model.name)
         return self.model
 
 

@@ -31,8 +31,7 @@ from ..inference import RANDOM_WEIGHTS, load_model
 from ..models import SegmentationModel, list_models
 from ..segmentation.inference import DEFAULT_SEGMENTATION_MODEL, segment
 from ..segmentation.overlay import present_classes, save_label_png, save_overlay
-from ..weights import cache_dir
-from .options import add_images, add_model_and_weights, images_or_example
+from .options import add_images, add_model_and_weights, images_or_example, note_random_weights
 
 
 def _load(args):
@@ -42,9 +41,7 @@ def _load(args):
         raise NpvitError(f"{args.weights or model.name} holds the classifier {model.name}, not a "
                          f"segmentation model (see `npvit models --task segmentation`)")
     if source == RANDOM_WEIGHTS:
-        print(f"npvit segment: no official weights for {model.name} in {cache_dir()}, so RANDOM "
-              f"untrained weights are used (get them with `npvit download {model.name}` or "
-              f"--download, or pass --weights PATH)", file=sys.stderr)
+        note_random_weights("segment", model.name)
     return model, source
 
 
