@@ -2,6 +2,7 @@
 
     check_output(path, suffixes=(".png",), overwrite=False)   refuse a bad target up front
     write_atomically(path, lambda f: f.write(data))            temp file beside it, then rename
+    save_image(image, path), save_figure(fig, path, dpi)        the same for a Pillow image, a figure
 
 A target is refused, in one NpvitError line, when it is a directory, a FIFO, a device or
 anything else that is not a regular file (writing there would block, or turn a pipe into a
@@ -128,3 +129,14 @@ def save_figure(fig, path, dpi: int) -> Path:
     """``fig.savefig`` to ``path`` atomically, in the format its ending names."""
     path = check_figure_output(path)
     return write_atomically(path, lambda f: fig.savefig(f, format=path.suffix[1:].lower(), dpi=dpi))
+
+
+def save_image(image, path, format: str | None = None) -> Path:
+    """A Pillow ``image`` to ``path`` atomically, as ``format`` or the format its ending names."""
+    from PIL import Image
+    path = Path(path)
+    format = format or Image.registered_extensions().get(path.suffix.lower())
+    if format is None:
+        raise NpvitError(f"cannot write {path}: Pillow knows no image format "
+                         f"{path.suffix or '(no ending)'!r}")
+    return write_atomically(path, lambda f: image.save(f, format=format))

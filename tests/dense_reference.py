@@ -129,7 +129,7 @@ def reference_segmenter(release, seed=0, dtype="float64"):
     DILATION_TABLE (as `encoder`) + the head (`seg_head`, with `aux_head` inside for v0.2+),
     random weights and random BN statistics, eval mode. Call ref(x) -> (logits, aux_logits)."""
     import torch
-    from timm_reference import random_timm_model
+    from timm_reference import random_timm_model, randomise_norms
     DeepLabV3, PSPNet, aux_head = _make(torch)
     version = 2 if release.backbone.startswith("mobilevitv2_") else 1
     encoder = dilate_timm_backbone(random_timm_model(release.backbone, seed=seed, dtype=dtype),
@@ -145,15 +145,7 @@ def reference_segmenter(release, seed=0, dtype="float64"):
         head = PSPNet(channels[4], classes)
     if release.code != "v0.1":
         head.aux_head = aux_head(channels[3], classes)
-    gen = torch.Generator().manual_seed(seed + 3)
-    with torch.no_grad():
-        for m in head.modules():
-            if isinstance(m, torch.nn.BatchNorm2d):
-                c = m.num_features
-                m.weight.copy_(torch.rand(c, generator=gen) + 0.5)
-                m.bias.copy_(torch.randn(c, generator=gen) * 0.2)
-                m.running_mean.copy_(torch.randn(c, generator=gen) * 0.2)
-                m.running_var.copy_(torch.rand(c, generator=gen) + 0.5)
+    randomise_norms(head, seed + 3)
 
     class Ref(torch.nn.Module):
         def __init__(self):

@@ -12,7 +12,7 @@ from torch import nn
 
 from dense_reference import timm_stage_outputs
 from official_layouts import cvnets_key
-from timm_reference import random_timm_model
+from timm_reference import random_timm_model, randomise_norms
 
 PROJ = (512, 256, 256, 128, 128, 64)
 ANCHORS = (6, 6, 6, 6, 6, 4)
@@ -93,15 +93,7 @@ class TorchSSDLite(nn.Module):
 def random_reference(backbone: str, seed=0, dtype="float64"):
     """A TorchSSDLite on a randomised timm backbone; every BN affine and statistic random."""
     model = TorchSSDLite(random_timm_model(backbone, seed=seed, dtype="float32"))
-    gen = torch.Generator().manual_seed(seed + 7)
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, nn.BatchNorm2d):
-                c = m.num_features
-                m.weight.copy_(torch.rand(c, generator=gen) + 0.5)
-                m.bias.copy_(torch.randn(c, generator=gen) * 0.2)
-                m.running_mean.copy_(torch.randn(c, generator=gen) * 0.2)
-                m.running_var.copy_(torch.rand(c, generator=gen) + 0.5)
+    randomise_norms(model, seed + 7)
     return model.to(getattr(torch, dtype)).eval()
 
 

@@ -112,23 +112,13 @@ HF_V1 = {"mobilevit_xxs": dict(hidden_sizes=(64, 80, 96), neck_hidden_sizes=(16,
 
 def _hf_segmenter(torch, release, dtype):
     transformers = pytest.importorskip("transformers")
+    from timm_reference import randomise_norms
     config = transformers.MobileViTConfig(
         **HF_V1[release.backbone], output_stride=release.output_stride, num_labels=21,
         aspp_out_channels=release.aspp_channels, atrous_rates=list(release.rates))
     torch.manual_seed(0)
     model = transformers.MobileViTForSemanticSegmentation(config)
-    gen = torch.Generator().manual_seed(1)
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, torch.nn.BatchNorm2d):
-                c = m.num_features
-                m.weight.copy_(torch.rand(c, generator=gen) + 0.5)
-                m.bias.copy_(torch.randn(c, generator=gen) * 0.2)
-                m.running_mean.copy_(torch.randn(c, generator=gen) * 0.2)
-                m.running_var.copy_(torch.rand(c, generator=gen) + 0.5)
-            elif isinstance(m, torch.nn.LayerNorm):
-                m.weight.copy_(torch.rand(m.weight.shape[0], generator=gen) + 0.5)
-                m.bias.copy_(torch.randn(m.weight.shape[0], generator=gen) * 0.2)
+    randomise_norms(model, 1)
     return model.to(getattr(torch, dtype)).eval()
 
 

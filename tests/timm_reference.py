@@ -14,9 +14,22 @@ def random_timm_model(name: str, seed: int = 0, dtype: str = "float32"):
 
     torch.manual_seed(seed)
     model = timm.create_model(name, pretrained=False)
-    gen = torch.Generator().manual_seed(seed + 1)
+    randomise_norms(model, seed + 1)
+    model = model.to(getattr(torch, dtype))
+    return model.eval()
+
+
+def randomise_norms(module, seed: int):
+    """Give every BatchNorm2d in the torch ``module`` random affine parameters, running
+    statistics and batch count, and every LayerNorm / GroupNorm random affine parameters, from
+    a generator seeded with ``seed``: weights U[0.5, 1.5), biases and means N(0, 0.2^2),
+    variances U[0.5, 1.5), so activations stay O(1) and no norm is an identity. In place;
+    returns ``module``."""
+    import torch
+
+    gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():
-        for m in model.modules():
+        for m in module.modules():
             if isinstance(m, torch.nn.BatchNorm2d):
                 c = m.num_features
                 m.weight.copy_(torch.rand(c, generator=gen) + 0.5)
@@ -28,8 +41,7 @@ def random_timm_model(name: str, seed: int = 0, dtype: str = "float32"):
                 c = m.weight.shape[0]
                 m.weight.copy_(torch.rand(c, generator=gen) + 0.5)
                 m.bias.copy_(torch.randn(c, generator=gen) * 0.2)
-    model = model.to(getattr(torch, dtype))
-    return model.eval()
+    return module
 
 
 def numpy_state_dict(model) -> dict[str, np.ndarray]:

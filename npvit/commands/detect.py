@@ -26,15 +26,16 @@ import json
 import sys
 from pathlib import Path
 
-from ..data import example_image_path, load_image
+from ..data import load_image
 from ..data.coco import coco_names
-from ..detection.draw import draw_detections, save_image
+from ..detection.draw import draw_detections
 from ..detection.pipeline import (DEFAULT_DETECTOR, RANDOM_WEIGHTS, as_records, detect_image,
                                   load_detector)
 from ..errors import NpvitError
 from ..models import list_models
 from ..models.ssdlite import INPUT_SIZE
-from ..weights import cache_dir
+from ..outputs import save_image
+from .options import add_images, images_or_example, note_random_weights
 
 DEFAULT_THRESHOLD = 0.3
 
@@ -54,11 +55,7 @@ def run(args) -> int:
         raise NpvitError(f"-o {args.output}: give a .png or .jpg file name")
     if args.weights is None and args.model is None:
         args.model = DEFAULT_DETECTOR
-    images = args.images
-    if not images:
-        images = [str(example_image_path())]
-        print(f"npvit detect: no IMAGE given, looking at the example photo {images[0]}",
-              file=sys.stderr)
+    images = images_or_example(args, "detect", "looking at")
 
     model = source = None
     failures, names = 0, coco_names()
@@ -73,9 +70,7 @@ def run(args) -> int:
             model, source = load_detector(args.model, args.weights, fallback_random=True,
                                           download=args.download, seed=args.seed)
             if source == RANDOM_WEIGHTS:
-                print(f"npvit detect: no official weights for {model.name} in {cache_dir()}, so "
-                      f"RANDOM untrained weights are used (get them with `npvit download "
-                      f"{model.name}` or --download, or pass --weights PATH)", file=sys.stderr)
+                note_random_weights("detect", model.name)
         found = detect_image(model, image, args.threshold)
         pipeline = model.release.pipeline
         if args.json:
@@ -99,7 +94,7 @@ def run(args) -> int:
 def add_parser(sub):
     p = sub.add_parser("detect", help="COCO objects in images with an SSDLite detector",
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("images", nargs="*", metavar="IMAGE", help="image files (default: the example photo)")
+    add_images(p)
     p.add_argument("--model", metavar="NAME",
                    help=f"one of `npvit models --task detection` (default {DEFAULT_DETECTOR}; "
                         "with --weights: detected)")

@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import re
 import sys
 from pathlib import Path
@@ -49,6 +48,7 @@ from ..data import (DEFAULT_CROP_SIZE, MIN_SIDE, image_files, imagenet_classes, 
 from ..errors import NpvitError, error_line
 from ..inference import (DEFAULT_MODEL, PREPROCESS_CHOICES, check_size, class_names, classify,
                          load_model, model_file_settings, pipeline_for)
+from ..outputs import write_atomically
 from ..threads import map_in_order
 from .options import add_model_and_weights, add_threads, apply_threads
 
@@ -267,14 +267,8 @@ def _save_confusion(confusion: np.ndarray, names, path, title: str) -> None:
     """The confusion matrix as a PNG, written to a temporary file and renamed."""
     from ..viz.figures import confusion_figure
     names = names or [c.name for c in imagenet_classes()]
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.part")
-    try:
-        confusion_figure(confusion, names, title).savefig(tmp, format="png")
-        os.replace(tmp, path)
-    except OSError as e:
-        tmp.unlink(missing_ok=True)
-        raise NpvitError(f"cannot write {path}: {e.strerror or e}") from None
+    figure = confusion_figure(confusion, names, title)
+    write_atomically(path, lambda f: figure.savefig(f, format="png"))
 
 
 def add_parser(sub):

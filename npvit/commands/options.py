@@ -1,8 +1,12 @@
 """Command-line options that several subcommands share, defined once."""
 from __future__ import annotations
 
+import sys
+
+from ..data import example_image_path
 from ..errors import NpvitError
 from ..inference import DEFAULT_MODEL
+from ..weights import cache_dir
 
 
 def add_model_and_weights(p) -> None:
@@ -13,6 +17,28 @@ def add_model_and_weights(p) -> None:
     p.add_argument("--weights", metavar="PATH", help="checkpoint (.pt/.pth, .safetensors, .npz)")
     p.add_argument("--download", action="store_true",
                    help="download the official weights into the cache if they are not there")
+
+
+def add_images(p) -> None:
+    """IMAGE ...: the images to look at (none: the example photo, see images_or_example)."""
+    p.add_argument("images", nargs="*", metavar="IMAGE", help="image files (default: the example photo)")
+
+
+def images_or_example(args, command: str, doing: str) -> list[str]:
+    """``args.images``, or when none were given the example photo, said on stderr as
+    "npvit COMMAND: no IMAGE given, DOING the example photo PATH"."""
+    if args.images:
+        return args.images
+    example = str(example_image_path())
+    print(f"npvit {command}: no IMAGE given, {doing} the example photo {example}", file=sys.stderr)
+    return [example]
+
+
+def note_random_weights(command: str, name: str) -> None:
+    """Say on stderr that ``name`` runs with RANDOM weights, as none are in the cache."""
+    print(f"npvit {command}: no official weights for {name} in {cache_dir()}, so RANDOM "
+          f"untrained weights are used (get them with `npvit download {name}` or "
+          f"--download, or pass --weights PATH)", file=sys.stderr)
 
 
 def check_seed(seed: int) -> int:

@@ -26,15 +26,15 @@ import json
 import sys
 import threading
 
-from ..data import DEFAULT_CROP_SIZE, example_image_path, load_image, preprocess
+from ..data import DEFAULT_CROP_SIZE, load_image, preprocess
 from ..errors import NpvitError, error_line
 from ..inference import (DEFAULT_MODEL, PREPROCESS_CHOICES, RANDOM_WEIGHTS, check_size,
                          class_names, classify, load_model, model_file_settings, pipeline_for,
                          top_k)
 from ..models import list_models
-from ..weights import cache_dir
 from ..threads import map_in_order
-from .options import add_model_and_weights, add_threads, apply_threads, check_seed
+from .options import (add_images, add_model_and_weights, add_threads, apply_threads, check_seed,
+                      images_or_example, note_random_weights)
 
 
 class _LazyModel:
@@ -59,10 +59,7 @@ class _LazyModel:
             if note:
                 print(f"npvit predict: {note}", file=sys.stderr)
             if self.source == RANDOM_WEIGHTS:
-                name = self.model.name
-                print(f"npvit predict: no official weights for {name} in {cache_dir()}, so "
-                      f"RANDOM untrained weights are used (get them with `npvit download {name}` "
-                      f"or --download, or pass --weights PATH)", file=sys.stderr)
+                note_random_weights("predict", self.model.name)
         return self.model
 
 
@@ -86,11 +83,7 @@ def run(args) -> int:
         raise NpvitError(f"--topk must be at least 1, got {args.topk}")
     if args.model is not None:
         check_size(args.model, args.size)   # before any image is read
-    images = args.images
-    if not images:
-        images = [str(example_image_path())]
-        print(f"npvit predict: no IMAGE given, classifying the example photo {images[0]}",
-              file=sys.stderr)
+    images = images_or_example(args, "predict", "classifying")
 
     lazy = _LazyModel(args)
 
@@ -127,7 +120,7 @@ def run(args) -> int:
 def add_parser(sub):
     p = sub.add_parser("predict", help="top-k classes of images (default: an example photo)",
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("images", nargs="*", metavar="IMAGE", help="image files (default: the example photo)")
+    add_images(p)
     add_model_and_weights(p)
     p.add_argument("--topk", type=int, default=5, help="classes per image (default 5)")
     p.add_argument("--size", type=int,

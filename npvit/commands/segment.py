@@ -25,14 +25,13 @@ import argparse
 import sys
 from pathlib import Path
 
-from ..data import example_image_path, load_image
+from ..data import load_image
 from ..errors import NpvitError
 from ..inference import RANDOM_WEIGHTS, load_model
 from ..models import SegmentationModel, list_models
 from ..segmentation.inference import DEFAULT_SEGMENTATION_MODEL, segment
 from ..segmentation.overlay import present_classes, save_label_png, save_overlay
-from ..weights import cache_dir
-from .options import add_model_and_weights
+from .options import add_images, add_model_and_weights, images_or_example, note_random_weights
 
 
 def _load(args):
@@ -42,9 +41,7 @@ def _load(args):
         raise NpvitError(f"{args.weights or model.name} holds the classifier {model.name}, not a "
                          f"segmentation model (see `npvit models --task segmentation`)")
     if source == RANDOM_WEIGHTS:
-        print(f"npvit segment: no official weights for {model.name} in {cache_dir()}, so RANDOM "
-              f"untrained weights are used (get them with `npvit download {model.name}` or "
-              f"--download, or pass --weights PATH)", file=sys.stderr)
+        note_random_weights("segment", model.name)
     return model, source
 
 
@@ -54,11 +51,7 @@ def run(args) -> int:
                          f"{', '.join(list_models('segmentation'))}")
     if args.weights is None and args.model is None:
         args.model = DEFAULT_SEGMENTATION_MODEL
-    images = args.images
-    if not images:
-        images = [str(example_image_path())]
-        print(f"npvit segment: no IMAGE given, segmenting the example photo {images[0]}",
-              file=sys.stderr)
+    images = images_or_example(args, "segment", "segmenting")
     if args.output and len(images) > 1:
         raise NpvitError("-o/--output names the overlay of ONE image; with several images the "
                          "overlays are written as <name>_segment.png")
@@ -94,7 +87,7 @@ def run(args) -> int:
 def add_parser(sub):
     p = sub.add_parser("segment", help="per-pixel classes of images: overlay + label PNG",
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("images", nargs="*", metavar="IMAGE", help="image files (default: the example photo)")
+    add_images(p)
     add_model_and_weights(p)
     p.add_argument("-o", "--output", metavar="PATH", help="the overlay PNG (one image only)")
     p.add_argument("--masks", metavar="DIR", help="write the label PNGs as DIR/<name>.png")

@@ -33,7 +33,6 @@ The box is the mask's bounding box, in pixel EDGES: ``x0, y0`` = the first objec
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -42,6 +41,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from ..errors import NpvitError
+from ..outputs import save_image, write_atomically
 from .image import MIN_SIDE
 
 # The shapes in the order classes are added: num_classes=K uses the first K (the default 4 are
@@ -247,8 +247,8 @@ def write_image_folder(dataset: SyntheticSet, out_dir, split: str = "train",
         name = dataset.class_names[int(dataset.labels[i])]
         image = Path(split) / name / f"{i:0{width}d}.png"
         mask = Path("masks") / image
-        _write_png(Image.fromarray(dataset.images[i]), out_dir / image)
-        _write_png(Image.fromarray(dataset.masks[i] * np.uint8(255)), out_dir / mask)
+        save_image(Image.fromarray(dataset.images[i]), out_dir / image, format="PNG")
+        save_image(Image.fromarray(dataset.masks[i] * np.uint8(255)), out_dir / mask, format="PNG")
         records.append({"image": image.as_posix(), "mask": mask.as_posix(),
                         "label": int(dataset.labels[i]), "class": name,
                         "box": [float(b) for b in dataset.boxes[i]]})
@@ -260,7 +260,7 @@ def write_image_folder(dataset: SyntheticSet, out_dir, split: str = "train",
     text = json.dumps(header)[:-1] + ', "images": [\n' \
         + ",\n".join(json.dumps(r) for r in records) + "\n]}\n"
     path = out_dir / f"{split}.json"
-    _write_atomic(path, text.encode())
+    write_atomically(path, lambda f: f.write(text.encode()))
     return path
 
 
@@ -275,15 +275,3 @@ def read_boxes(path) -> dict[str, list[float]]:
         raise NpvitError(f"{path}: no such file") from None
     except (OSError, ValueError, KeyError, TypeError) as e:
         raise NpvitError(f"{path}: not a boxes file written by npvit synthetic ({e})") from None
-
-
-def _write_png(image: Image.Image, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    image.save(tmp, format="PNG")
-    os.replace(tmp, path)
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)

@@ -2,14 +2,9 @@
 in a filled tag above it (Pillow's ImageDraw, at the image's own resolution)."""
 from __future__ import annotations
 
-import os
-import tempfile
-from pathlib import Path
-
 from PIL import Image, ImageDraw, ImageFont
 
 from ..data.coco import coco_names
-from ..errors import NpvitError
 
 # 10 distinct colours (matplotlib's tab10), chosen per class so one class keeps one colour
 PALETTE = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2",
@@ -34,24 +29,3 @@ def draw_detections(image: Image.Image, found) -> Image.Image:
         draw.rectangle([x1, tag_top, x1 + right - left + 4, tag_top + lift], fill=colour)
         draw.text((x1 + 2, tag_top + 2 - (top - y1)), text, fill="white", font=font)
     return out
-
-
-def save_image(image: Image.Image, path) -> Path:
-    """Write atomically: a temporary file in the target folder, renamed when complete."""
-    path = Path(path)
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=path.suffix, dir=path.parent)
-    except OSError as e:
-        raise NpvitError(f"{path}: cannot write there ({e.strerror or e})") from None
-    os.close(fd)
-    try:
-        image.save(tmp)
-        os.replace(tmp, path)
-    except OSError as e:
-        Path(tmp).unlink(missing_ok=True)
-        raise NpvitError(f"{path}: cannot write ({e.strerror or e})") from None
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path

@@ -4,18 +4,17 @@ masks: VOC class index 0-20; ADE20k channel + 1, 0 = other).
 
 Colours are PASCAL VOC's standard colour map (the bits of the value spread over R, G, B), for
 ADE20k indexed by the mask value too. Every file appears under its name only when complete
-(written to a temporary file in the same folder, then renamed).
+(npvit.outputs: written to a temporary file in the same folder, then renamed).
 """
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
 from ..data import SegmentationClass
+from ..outputs import save_image, write_atomically
 
 
 def voc_colour_map(n: int = 256) -> np.ndarray:
@@ -32,20 +31,6 @@ def voc_colour_map(n: int = 256) -> np.ndarray:
     return colours
 
 
-def _atomic(path: Path, write) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=path.suffix, dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.chmod(tmp, 0o644)          # mkstemp's 0600 would hide the picture from others
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
-
-
 def mask_values(mask: np.ndarray, classes: tuple[SegmentationClass, ...]) -> np.ndarray:
     """Logit channels (H, W) -> the dataset's mask values (H, W) uint8."""
     lookup = np.array([c.mask_value for c in classes], dtype=np.uint8)
@@ -56,7 +41,7 @@ def save_label_png(mask: np.ndarray, classes, path) -> Path:
     """Palette PNG of ``mask`` (H, W logit channels) in the dataset's mask values."""
     image = Image.fromarray(mask_values(mask, classes), mode="P")
     image.putpalette(voc_colour_map().reshape(-1).tolist())
-    return _atomic(Path(path), lambda tmp: image.save(tmp, format="PNG"))
+    return save_image(image, path, format="PNG")
 
 
 def present_classes(mask: np.ndarray, classes) -> list[tuple[SegmentationClass, float]]:
@@ -90,6 +75,6 @@ def save_overlay(image: Image.Image, mask: np.ndarray, classes, path, title: str
               frameon=False, title="classes present")
     fig.tight_layout()
     try:
-        return _atomic(Path(path), lambda tmp: fig.savefig(tmp, dpi=100, format="png"))
+        return write_atomically(path, lambda f: fig.savefig(f, dpi=100, format="png"))
     finally:
         plt.close(fig)
