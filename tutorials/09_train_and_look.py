@@ -40,6 +40,7 @@ from npvit.train.curves import training_curves
 from tutorial_setup import Exercises, FAST, plt, show
 
 exercises = Exercises("09")          # solutions: tutorials/solutions/09_train_and_look.py
+start_cpu, start_wall = time.process_time(), time.perf_counter()    # for the total at the end
 
 # %% [markdown]
 # ## The task and the budget
@@ -57,14 +58,16 @@ SEED = 0
 if FAST:
     SIZE, CLASSES, N_TRAIN, N_VAL, EPOCHS, BATCH = 48, ("cross", "disc"), 1024, 200, 4, 16
     EPOCHS_V1 = 3                    # v1 trains fewer steps in FAST mode (the minute is shared)
+    LR, WARMUP_EPOCHS = 3e-3, 0.5
     N_MASS = 40                      # held-out images the score mass is averaged over
-else:
+else:                                # the loop measured in docs/synthetic_task.md
     SIZE, CLASSES, N_TRAIN, N_VAL, EPOCHS, BATCH = 64, ("cross", "disc", "square", "triangle"), \
-        2000, 200, 12, 32
+        1600, 200, 12, 32
     EPOCHS_V1 = 12
+    LR, WARMUP_EPOCHS = 2e-3, 1
     N_MASS = 200
 K = len(CLASSES)
-LR, WEIGHT_DECAY = 3e-3, 0.01        # AdamW from scratch, close to `npvit finetune --recipe small`
+WEIGHT_DECAY = 0.01                  # AdamW from scratch, as `npvit finetune --recipe small`
 
 # image i has class i % 4, so the classes kept make up K / 4 of the images drawn
 data = make_synthetic(-(-(N_TRAIN + N_VAL) * 4 // K), size=SIZE, num_classes=4, seed=SEED)
@@ -212,9 +215,10 @@ print(f"untrained mobilevitv2_050: {share_before['v2'].mean():.3f} of the score 
 # ## Training
 #
 # The loop of tutorial 6 through `npvit.train`: AdamW with weight decay on the weights only,
-# a cosine schedule with half an epoch of linear warm-up, random horizontal flips, no label
+# a cosine schedule with one epoch of linear warm-up, random horizontal flips, no label
 # smoothing (docs/training_small_data.md: smoothing only slows a model far from over-confident).
-# After every epoch the held-out images are evaluated in EVAL mode.
+# After every epoch the held-out images are evaluated in EVAL mode. (In FAST mode: a larger
+# peak lr, 3e-3, and half an epoch of warm-up, for the few steps there are.)
 
 # %%
 def batches(epoch):
@@ -237,8 +241,8 @@ val_batches = [(x_val[i:i + 50], y_val[i:i + 50]) for i in range(0, N_VAL, 50)]
 def train(model, epochs):
     steps = N_TRAIN // BATCH
     opt = AdamW(weight_decay_groups(model.named_parameters(), WEIGHT_DECAY), lr=LR)
-    sched = WarmupCosineSchedule(opt, LR, total_steps=epochs * steps, warmup_steps=steps // 2,
-                                 min_lr=LR / 100)
+    sched = WarmupCosineSchedule(opt, LR, total_steps=epochs * steps,
+                                 warmup_steps=int(WARMUP_EPOCHS * steps), min_lr=LR / 100)
     lrs = [sched.lr_at(t) for t in range(epochs * steps)]
     history, cpu, wall = [], time.process_time(), time.perf_counter()
     for epoch in range(epochs):
@@ -337,15 +341,19 @@ ratios = {"v2": report_shares("v2", "mobilevitv2_050")}
 # %% [markdown]
 # Read the numbers as measured, not as hoped: a classifier can be right while its attention
 # stays spread out, because its convolutions alone can find the shape. At these input sizes the
-# stride-8 grid has only 3x3 (48 px) or 4x4 (64 px) patches, and the stride-16 block 4 or 2x2;
-# docs/training_small_data.md measured the 64 px case after a full 20-epoch run (trained /
-# untrained 1.16 for v2, 1.09 for v1: the issue's 2x target is not met there).
+# stride-8 grid has only 3x3 (48 px) or 4x4 (64 px) patches and the stride-16 grid 2x2. In
+# FAST mode (seed 0) the trained share came out at 0.99x the box's area share and 0.94x the
+# untrained one: no concentration on the object after a few hundred steps.
+# docs/training_small_data.md measured the 64 px case after a full 20-epoch run at 98.5-99 %
+# held-out: trained / untrained 1.16 for v2 and 1.09 for v1, so the 2x target of issue 17 is
+# not met there either.
 
 # %% [markdown]
 # ## The same for MobileViT v1
 #
 # mobilevit_xxs has multi-head attention; what is measured is the attention each patch
 # RECEIVES (averaged over heads and query patches), the v1 counterpart of a context score.
+# In FAST mode it trains 3 epochs instead of v2's 4, to keep the tutorial near a minute.
 
 # %%
 models["v1"] = npvit.create_model("mobilevit_xxs", num_classes=K, seed=SEED)
@@ -370,17 +378,25 @@ fig, axes = plt.subplots(1, 2, figsize=(8, 3.6))
 draw_confusion(axes[0], matrix["v2"], f"mobilevitv2_050: {accuracy['v2']:.1%} held-out")
 draw_confusion(axes[1], matrix["v1"], f"mobilevit_xxs: {accuracy['v1']:.1%} held-out")
 fig.tight_layout()
-show(fig, "09_train_and_look")
+show(fig, "09_confusion")
 
 # %% [markdown]
 # ## Did it learn? The asserted margin
 #
-# MARGIN is measured, not hoped for: see the comment in the next cell.
+# In FAST mode this configuration was run with SEED = 0, 1 and 2 (this file, nothing else
+# changed): mobilevitv2_050 reached 78.5, 71.0 and 73.5 % held-out (chance 50 %), and
+# mobilevit_xxs after its 3 epochs 72.5, 48.0 and 65.5 %. So the tutorial asserts v2's accuracy
+# above chance + 12 points (62 %): 9 points below the worst seed, about three binomial standard
+# deviations of an accuracy on 200 images. v1's short run is not reliably above chance (one seed
+# of three was at chance), so it is printed, not asserted. The default configuration is the
+# loop of docs/synthetic_task.md, where v2 reached 94.5 % and xxs 94.0 % held-out after 12
+# epochs; the same 12-point margin is asserted there (not re-measured with this file).
 
 # %%
-# Measured held-out accuracies (eval mode) of this tutorial's FAST configuration, seeds 0-2:
-# see the text of the tutorial's commit; the margin asserted leaves room below the worst seed.
-MARGIN = 0.15 if FAST else 0.40
+MARGIN = 0.12          # measured: FAST-mode v2 held-out 78.5 / 71.0 / 73.5 % over seeds 0, 1, 2
 for key, name in (("v2", "mobilevitv2_050"), ("v1", "mobilevit_xxs")):
-    print(f"{name}: held-out {accuracy[key]:.1%}, chance {1 / K:.1%}, asserted margin {MARGIN:.0%}")
+    print(f"{name}: held-out {accuracy[key]:.1%} (chance {1 / K:.1%})")
+print(f"asserted for mobilevitv2_050: above {1 / K + MARGIN:.0%}")
 assert accuracy["v2"] > 1 / K + MARGIN
+print(f"the whole tutorial: {time.process_time() - start_cpu:.0f} s CPU, "
+      f"{time.perf_counter() - start_wall:.0f} s wall")
