@@ -302,6 +302,7 @@ print(f"mobilevitv2_050 held-out accuracy {accuracy['v2']:.1%} (chance {1 / K:.1
 # The same held-out images before and after training: the stride-8 block's last context-score
 # map (the finest), with the object's box. The number above each map is that image's share of
 # score mass inside the box (all informative layers), to compare with the box's area share.
+# (Colours: each map from its own minimum, blue, to its maximum, red.)
 
 # %%
 def looks_figure(key, title, n_show=5):
