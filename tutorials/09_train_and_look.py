@@ -29,6 +29,7 @@
 import time
 
 import numpy as np
+from threadpoolctl import threadpool_limits
 
 import npvit
 from npvit import viz
@@ -246,8 +247,11 @@ def train(model, epochs):
     lrs = [sched.lr_at(t) for t in range(epochs * steps)]
     history, cpu, wall = [], time.process_time(), time.perf_counter()
     for epoch in range(epochs):
-        tr = train_one_epoch(model, batches(epoch), opt, sched, desc=f"epoch {epoch + 1}")
-        ev = evaluate(model, val_batches, progress=False)
+        # one BLAS thread: these matrices are small, and on a shared machine more threads only
+        # wait for each other (without the limit, a run here used over five times the CPU time)
+        with threadpool_limits(limits=1):
+            tr = train_one_epoch(model, batches(epoch), opt, sched, desc=f"epoch {epoch + 1}")
+            ev = evaluate(model, val_batches, progress=False)
         history.append({"epoch": epoch + 1, "train_loss": tr["loss"], "train_ce": tr["ce"],
                         "train_acc": tr["accuracy"], "val_loss": ev["loss"],
                         "val_acc": ev["accuracy"]})
