@@ -29,6 +29,7 @@ FIGURES = {                      # tutorial number -> the figure that stands for
     "06": "06_training_loss.png",
     "07": "07_top5.png",
     "08": "08_context_scores.png",
+    "09": "09_scores_v2.png",
     "10": "10_attention_zoo.png",
     "11": "11_tiny_segmenter.png",
     "12": "12_tiny_detector.png",
