@@ -32,6 +32,7 @@ import numpy as np
 from threadpoolctl import threadpool_limits
 
 import npvit
+from npvit import functional as F
 from npvit import viz
 from npvit.data.synthetic import make_synthetic
 from npvit.gradcheck import relative_error   # max|a-b| / max(|a|, |b|), tutorial 4
@@ -269,6 +270,43 @@ history["v2"], lrs["v2"], steps["v2"] = train(models["v2"], EPOCHS)
 show(training_curves(history["v2"], lrs["v2"], steps["v2"], K, 0.0,
                      title=f"mobilevitv2_050 from scratch, {SIZE}x{SIZE}, {K} classes"),
      "09_curves_v2")
+
+# %% [markdown]
+# ### Exercise: the gradient that trains the classifier
+#
+# Every step above back-propagated the mean cross-entropy `L = -mean_n log softmax(z_n)[y_n]` of
+# the logits z (N, K). Write `cross_entropy_grad(z, y)`, the (N, K) gradient dL/dz. (Hint: a row
+# is softmax(z_n) minus the one-hot vector of y_n, and the mean divides every row by N.) The
+# checker compares it with npvit's `cross_entropy_backward` and with central finite
+# differences of `cross_entropy_forward`.
+
+# %%
+def cross_entropy_grad(z, y):
+    raise NotImplementedError
+
+
+z_demo = np.random.default_rng(9).normal(size=(5, K))     # (N, K) logits
+y_demo = np.arange(5) % K                                 # (N,) labels
+
+
+def check_cross_entropy_grad(candidate):
+    got = np.asarray(candidate(z_demo.copy(), y_demo), np.float64)
+    assert got.shape == z_demo.shape, f"the gradient must have the logits' shape, got {got.shape}"
+    _, cache = F.cross_entropy_forward(z_demo, y_demo)
+    assert relative_error(got, F.cross_entropy_backward(cache)) < 1e-12, \
+        "differs from npvit's cross_entropy_backward"
+    h = 1e-6
+    numeric = np.zeros_like(z_demo)
+    for idx in np.ndindex(z_demo.shape):
+        plus, minus = z_demo.copy(), z_demo.copy()
+        plus[idx] += h
+        minus[idx] -= h
+        numeric[idx] = (F.cross_entropy_forward(plus, y_demo)[0]
+                        - F.cross_entropy_forward(minus, y_demo)[0]) / (2 * h)
+    assert relative_error(got, numeric) < 1e-6, "differs from finite differences"
+
+
+exercises.check(cross_entropy_grad, check_cross_entropy_grad)
 
 # %% [markdown]
 # ## Held-out accuracy and the confusion matrix
