@@ -48,6 +48,7 @@ from npvit.commands.bench import THREAD_VARIABLES
 from npvit.nn import (BatchNorm2d, Conv2d, ConvNormAct, GroupNorm, LayerNorm, Linear, SiLU,
                       no_grad)
 from npvit.nn.attention import LinformerAttention, MultiHeadAttention, SeparableSelfAttention
+from npvit.bench.machine import cpu_and_numpy
 from npvit.opcount import count_ops
 from npvit.threads import cpu_count
 
@@ -436,30 +437,17 @@ def op_class_rows(profile: dict, limits: dict) -> list[dict]:
 
 # --- machine --------------------------------------------------------------------------------------
 def machine_info(frameworks) -> dict:
-    cpu, flags = platform.processor() or platform.machine(), []
-    cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.exists():
-        lines = cpuinfo.read_text().splitlines()
-        names = [ln.split(":", 1)[1].strip() for ln in lines if ln.startswith("model name")]
-        if names:
-            cpu = f"{names[0]} ({len(names)} logical CPUs)"
-        found = next((ln.split(":", 1)[1].split() for ln in lines if ln.startswith("flags")), [])
-        flags = [f for f in found if f.startswith(("avx", "fma", "amx"))]
-    from numpy._core._multiarray_umath import __cpu_baseline__, __cpu_dispatch__, __cpu_features__
-    blas = np.show_config(mode="dicts")["Build Dependencies"]["blas"]
+    info = cpu_and_numpy()
     try:
         from threadpoolctl import threadpool_info
         kernels = sorted({f"{p['internal_api']} {p.get('architecture')}" for p in threadpool_info()})
     except ImportError:
         kernels = []
-    info = {"cpu": cpu, "cpu_flags": flags, "simd_baseline": list(__cpu_baseline__),
-            "simd_dispatch_available": [t for t in __cpu_dispatch__ if __cpu_features__.get(t)],
-            "blas_kernels": kernels, "python": platform.python_version(), "numpy": np.__version__,
-            "numpy_blas": f"{blas.get('name')} {blas.get('version')}",
-            "threads": {v: os.environ.get(v) for v in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS",
-                                                      "MKL_NUM_THREADS", "VECLIB_MAXIMUM_THREADS",
-                                                      "OMP_WAIT_POLICY", "OPENBLAS_CORETYPE")},
-            "load_average_at_start": os.getloadavg()[0]}
+    info.update(blas_kernels=kernels, python=platform.python_version(),
+                threads={v: os.environ.get(v) for v in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS",
+                                                       "MKL_NUM_THREADS", "VECLIB_MAXIMUM_THREADS",
+                                                       "OMP_WAIT_POLICY", "OPENBLAS_CORETYPE")},
+                load_average_at_start=os.getloadavg()[0])
     if frameworks is not None:
         torch, timm = frameworks
         info.update(torch=torch.__version__, timm=timm.__version__,

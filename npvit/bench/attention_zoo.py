@@ -28,9 +28,7 @@ it), median over passes.
 from __future__ import annotations
 
 import os
-import platform
 import statistics
-from pathlib import Path
 
 import numpy as np
 
@@ -38,6 +36,7 @@ from .. import functional as F
 from .. import nn
 from ..opcount import count_ops
 from . import attention as classic
+from .machine import cpu_and_numpy
 from ..outputs import save_figure
 
 ZOO_UNITS = ("CGA", "CGA-7x7", "EfficientFormer", "TinyViT", "LookupViT", "MPC-relu", "MPC-scaling")
@@ -182,24 +181,10 @@ def loglog_slope(ks, values) -> float | None:
 
 
 def machine_info() -> dict:
-    """CPU model and SIMD flags (/proc/cpuinfo), NumPy's build and run-time SIMD targets, its
-    BLAS and the thread pools threadpoolctl sees, the load average."""
-    cpu, flags = platform.processor() or platform.machine(), []
-    cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.exists():
-        lines = cpuinfo.read_text().splitlines()
-        names = [ln.split(":", 1)[1].strip() for ln in lines if ln.startswith("model name")]
-        if names:
-            cpu = f"{names[0]} ({len(names)} logical CPUs)"
-        found = next((ln.split(":", 1)[1].split() for ln in lines if ln.startswith("flags")), [])
-        flags = [f for f in found if f.startswith(("avx", "fma", "sse4", "f16c", "amx"))]
-    from numpy._core._multiarray_umath import __cpu_baseline__, __cpu_dispatch__, __cpu_features__
+    """The CPU and NumPy build (npvit.bench.machine), the thread pools threadpoolctl sees, the
+    load average."""
     from threadpoolctl import threadpool_info
-    blas = np.show_config(mode="dicts")["Build Dependencies"]["blas"]
-    return {"cpu": cpu, "flags": flags, "numpy": np.__version__,
-            "blas": f"{blas.get('name')} {blas.get('version')}",
-            "simd_baseline": list(__cpu_baseline__),
-            "simd_dispatch_available": [t for t in __cpu_dispatch__ if __cpu_features__.get(t)],
+    return {**cpu_and_numpy(),
             "pools": [(p["internal_api"], p["num_threads"]) for p in threadpool_info()],
             "load_average": os.getloadavg()}
 
