@@ -229,5 +229,7 @@ def test_eval_with_two_threads_reports_what_one_thread_reports(tmp_path, capsys,
                      "--batch-size", "4", "--json", "--threads", threads]) == 1   # one skipped
         out, err = capsys.readouterr()
         assert err.count("npvit: error:") == 1 and "n01440764_bad.png" in err
-        outputs.append(json.loads(out))
+        result = json.loads(out)
+        assert result.pop("threads") == int(threads) and result.pop("images_per_second") > 0
+        outputs.append(result)
     assert outputs[0] == outputs[1] and outputs[0]["images"] == 6

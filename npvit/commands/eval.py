@@ -38,6 +38,7 @@ import argparse
 import json
 import re
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -49,7 +50,7 @@ from ..errors import NpvitError, error_line
 from ..inference import (DEFAULT_MODEL, PREPROCESS_CHOICES, check_size, class_names, classify,
                          load_model, model_file_settings, pipeline_for)
 from ..outputs import write_atomically
-from ..threads import map_in_order
+from ..threads import get_num_threads, map_in_order
 from .options import add_model_and_weights, add_threads, apply_threads
 
 _WNID_PREFIX = re.compile(r"^(n\d{8})(?!\d)")   # "n01440764_10026.JPEG" -> "n01440764"
@@ -203,6 +204,7 @@ def run(args) -> int:
 
     num_classes = model.head.fc.weight.shape[0]
     tally, skipped, batch, labels = Tally(num_classes), 0, [], []
+    started = time.perf_counter()   # images/s: decoding + inference, the model already loaded
     with tqdm(total=len(samples), unit="img", desc=model.name, disable=None) as bar:
         def decode(sample):
             """(input array, None) or (None, error message); in the --threads pool, ahead of
@@ -226,6 +228,7 @@ def run(args) -> int:
                 batch, labels = [], []
                 bar.set_postfix_str(f"top-1 {tally.top1 / tally.images:.1%}", refresh=False)
             bar.update(1)
+    speed = len(samples) / (time.perf_counter() - started)
 
     if tally.images == 0:
         raise NpvitError(f"none of the {len(samples)} images in {args.directory} could be read")
@@ -237,7 +240,8 @@ def run(args) -> int:
                         f"{model.name} on {args.directory}: top-1 {top1:.1%} of {tally.images}")
     if args.json:
         result = {"model": model.name, "weights": source, "preprocess": pipeline,
-                  "size": args.size, "images": tally.images, "skipped": skipped, "top1": top1}
+                  "size": args.size, "images": tally.images, "skipped": skipped, "top1": top1,
+                  "images_per_second": speed, "threads": get_num_threads()}
         if with_top5:
             result["top5"] = top5
         if names is not None:
@@ -253,6 +257,8 @@ def run(args) -> int:
         print(f"  top-1   {top1:.2%}  ({tally.top1}/{tally.images})")
         if with_top5:
             print(f"  top-5   {top5:.2%}  ({tally.top5}/{tally.images})")
+        print(f"  speed   {speed:.1f} images/s on {get_num_threads()} thread(s) (decoding and "
+              f"inference, after loading the model)")
         if per_class:
             print("  per class (share of the class's images predicted as it):")
             width = max(len(names[i]) for i, _, _ in per_class)

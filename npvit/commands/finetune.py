@@ -51,7 +51,6 @@ from ..train import (AdamW, ImageLoader, NonFiniteLoss, RunFolder, WarmupCosineS
                      checkpoint_arrays, checkpoint_meta, eval_transform, evaluate,
                      find_image_folder, load_checkpoint, train_one_epoch, train_transform,
                      weight_decay_groups)
-from ..train.curves import training_curves, write_png
 from ..train.recipes import RECIPES, get_recipe
 from ..weights import (detect_model, model_meta, pretrained_path, read_checkpoint,
                        to_npvit_names, write_model_npz)
@@ -201,6 +200,7 @@ def write_epoch(folder: RunFolder, model, opt, sched, settings, classes, history
     meta = model_meta(settings["model"], classes, settings["size"], pipeline,
                       resize_size=settings["size"] + settings["eval_margin"])
     write_model_npz(folder.file("model.npz"), model.state_dict(), meta)
+    from ..train.curves import training_curves, write_png   # matplotlib: slow to import, so here
     lrs = [sched.lr_at(t) for t in range(sched.total_steps)]
     fig = training_curves(history, lrs, steps_per_epoch, len(classes),
                           settings["label_smoothing"],
