@@ -48,18 +48,17 @@ def check_seed(seed: int) -> int:
     return seed
 
 
-def add_threads(p) -> None:
-    """--threads N: npvit.set_num_threads(N) (images in a pool of N threads, BLAS on one)."""
-    p.add_argument("--threads", type=int, metavar="N",
-                   help="CPU threads: images run in a pool of N threads, each BLAS call on one "
-                        "(0 = every CPU; default: one image at a time, BLAS as the environment "
-                        "sets it)")
+def add_threads(p, pooled: str = "images run") -> None:
+    """--threads N: npvit.set_num_threads(N) (images in a pool of N threads, BLAS on one).
+    ``pooled`` says what runs in the pool, for the help."""
+    p.add_argument("--threads", type=int, default=0, metavar="N",
+                   help=f"CPU threads: {pooled} in a pool of N threads, each BLAS call on one "
+                        f"thread, so a busy neighbour slows npvit in proportion (0 = every CPU, "
+                        f"the default; 1 leaves the other cores to the machine's other users)")
 
 
 def apply_threads(args) -> None:
-    """Check and apply --threads (before any work starts)."""
-    if getattr(args, "threads", None) is None:
-        return
+    """Check and apply --threads (before any work starts: the size check runs the model)."""
     if args.threads < 0:
         raise NpvitError(f"--threads must be 0 (every CPU) or a positive number, got {args.threads}")
     from ..threads import set_num_threads

@@ -31,6 +31,7 @@ from ..errors import NpvitError
 from ..inference import (DEFAULT_MODEL, RANDOM_WEIGHTS, check_size, class_names, load_model,
                          missing_weights_message, model_file_settings)
 from ..outputs import check_figure_output, save_figure
+from ..threads import set_num_threads
 from .options import check_seed
 
 
@@ -44,6 +45,7 @@ def run(args) -> int:
     box = _image_box(args)      # before any work: a bad box or boxes file is one line
     # Weights as `npvit predict` finds them (--weights, else the cache), else random ones.
     check_seed(args.seed)
+    set_num_threads(1)   # one image: no pool to fill; BLAS on one thread (npvit/threads.py)
     if args.model is not None:
         check_size(args.model, args.size, capture=True)
     if args.output:
