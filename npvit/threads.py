@@ -4,13 +4,18 @@ npvit parallelises over *images*, not inside an operation: with n threads, infer
 runs its images (one at a time each, see ``MobileViTNet.inference_chunk``) in a pool of n
 Python threads, and every BLAS call runs on ONE thread. This scales because NumPy releases the
 GIL inside its ufunc loops and BLAS calls, which is where inference spends its time, and images
-in eval mode do not interact. BLAS threads are pinned to one (with threadpoolctl) because two
-levels of threads on the same cores oversubscribe them: OpenBLAS's idle threads spin, and on a
-shared machine a spinning pool can slow a run tenfold instead of in proportion to the load.
+in eval mode do not interact. BLAS threads are pinned to one (with threadpoolctl) because a
+multi-threaded BLAS call waits for its slowest thread: on a 2-core machine with one other busy
+process, OpenBLAS on 2 threads made a batch-1 forward of mobilevitv2_050 8x slower than on one
+(546 vs 65 ms) and `npvit finetune` epochs 3-20x slower, where one BLAS thread slows in
+proportion to the CPU share it gets. (OpenBLAS's wait policy does not help: with
+OPENBLAS_THREAD_TIMEOUT=4 its idle threads sleep sooner, but the epochs still took 7.6-43 s
+instead of 3.3 s; OMP_WAIT_POLICY concerns OpenMP builds, and NumPy's OpenBLAS uses pthreads.)
 
 ``set_num_threads(1)`` is one image at a time with single-threaded BLAS (the benchmark's
-setting). Without a call, npvit leaves BLAS as the environment set it (OPENBLAS_NUM_THREADS /
-OMP_NUM_THREADS) and runs images one after another.
+setting). npvit's commands call ``set_num_threads(--threads)``, every CPU by default. Without a
+call (the library used from Python), npvit leaves BLAS as the environment set it
+(OPENBLAS_NUM_THREADS / OMP_NUM_THREADS) and runs images one after another.
 
 threadpoolctl is optional (the ``threads`` extra); without it the image pool still runs, and BLAS
 keeps the thread count it read from OPENBLAS_NUM_THREADS / OMP_NUM_THREADS when NumPy loaded, so
@@ -46,7 +51,9 @@ def _pin_blas_to_one_thread() -> bool:
         from threadpoolctl import threadpool_limits
     except ImportError:
         return False
-    _blas_limit = threadpool_limits(limits=1)
+    limit = threadpool_limits(limits=1)    # applies now, to every BLAS / OpenMP library loaded
+    if _blas_limit is None:                # the first limiter remembers the limits to restore
+        _blas_limit = limit
     return True
 
 

@@ -128,18 +128,6 @@ def test_in_place_softmax_equals_out_of_place(seed, axis, dtype):
     assert_same(y_in_place, y, dtype)
 
 
-@pytest.fixture
-def restore_threads():
-    """set_num_threads changes process-wide state: shut its pool and lift its BLAS limit after."""
-    from npvit import threads
-    yield
-    if threads._pool is not None:
-        threads._pool.shutdown()
-    if threads._blas_limit is not None:
-        threads._blas_limit.restore_original_limits()
-    threads._pool = threads._blas_limit = threads._num_threads = None
-
-
 def test_a_batch_on_two_threads_equals_one_thread(restore_threads):
     model = npvit.create_model("mobilevitv2_050").eval()
     x = np.random.default_rng(0).random((3, 3, 64, 64), dtype=np.float32)

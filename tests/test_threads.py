@@ -1,0 +1,95 @@
+"""How npvit's commands use threads (npvit/threads.py): --threads parsing and its default (every
+CPU, BLAS on one thread), eval's images/s line, and finetune giving the same run on one thread
+or two. (Inference on two threads equals one thread: tests/test_fast_paths.py.)"""
+import json
+import time
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import npvit
+from npvit.cli import main
+from npvit.threads import cpu_count
+from npvit.weights import save_npz
+
+
+def blas_threads() -> set[int]:
+    from threadpoolctl import threadpool_info
+    return {pool["num_threads"] for pool in threadpool_info() if pool["user_api"] == "blas"}
+
+
+@pytest.fixture
+def imagenet_folder(tmp_path, monkeypatch):
+    """(folder of 6 PNGs named by two ImageNet wnids, random mobilevitv2_050 weights)."""
+    monkeypatch.setenv("NPVIT_HOME", str(tmp_path / "cache"))
+    weights = save_npz(npvit.create_model("mobilevitv2_050", seed=0).state_dict(), tmp_path / "w.npz")
+    rng = np.random.default_rng(5)
+    folder = tmp_path / "val"
+    folder.mkdir()
+    for i, wnid in enumerate(["n01440764", "n01443537"] * 3):
+        Image.fromarray((rng.random((36, 40, 3)) * 255).astype(np.uint8)).save(
+            folder / f"{wnid}_{i}.png")
+    return folder, weights
+
+
+@pytest.mark.parametrize("command", ["predict", "eval", "finetune"])
+def test_a_negative_thread_count_is_one_line(command, tmp_path, capsys):
+    target = {"predict": [], "eval": [str(tmp_path)],
+              "finetune": [str(tmp_path), "--model", "mobilevitv2_050"]}[command]
+    assert main([command, *target, "--threads", "-1"]) == 2
+    err = capsys.readouterr().err
+    assert err.strip() == "npvit: error: --threads must be 0 (every CPU) or a positive number, got -1"
+
+
+def test_a_thread_count_that_is_no_number_is_a_usage_error(capsys):
+    with pytest.raises(SystemExit) as stop:
+        main(["eval", "somewhere", "--threads", "two"])
+    assert stop.value.code == 2 and "--threads: invalid int value: 'two'" in capsys.readouterr().err
+
+
+def test_eval_by_default_uses_every_cpu_with_blas_on_one_thread(imagenet_folder, capsys):
+    pytest.importorskip("threadpoolctl")
+    folder, weights = imagenet_folder
+    assert main(["eval", str(folder), "--weights", str(weights), "--size", "32", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["threads"] == npvit.get_num_threads() == cpu_count()
+    assert blas_threads() == {1}
+
+
+def test_eval_reports_images_per_second_on_its_threads(imagenet_folder, capsys):
+    folder, weights = imagenet_folder
+    started = time.perf_counter()
+    assert main(["eval", str(folder), "--weights", str(weights), "--size", "32", "--json",
+                 "--threads", "2"]) == 0
+    whole_command = time.perf_counter() - started
+    result = json.loads(capsys.readouterr().out)
+    assert result["threads"] == 2
+    # timed after the model is loaded, so the 6 images took less than the whole command
+    assert result["images"] / result["images_per_second"] < whole_command
+    assert main(["eval", str(folder), "--weights", str(weights), "--size", "32",
+                 "--threads", "1"]) == 0
+    speed = [line.split() for line in capsys.readouterr().out.splitlines()
+             if line.split()[:1] == ["speed"]]
+    assert len(speed) == 1 and speed[0][2:6] == ["images/s", "on", "1", "thread(s)"]
+    assert float(speed[0][1]) > 0
+
+
+def test_finetune_on_two_threads_trains_what_one_thread_trains(tmp_path):
+    """Validation runs its images in the pool; the training step stays on one BLAS thread:
+    the weights and the log are the same, bit for bit."""
+    from test_cli_finetune import QUICK, write_stripes
+    from npvit.weights import read_checkpoint
+    folder = write_stripes(tmp_path / "data", (2, 2))
+    runs = []
+    for threads in ("1", "2"):
+        out = tmp_path / f"run{threads}"
+        assert main(["finetune", str(folder), "--model", "mobilevitv2_050", "--epochs", "1",
+                     "--out", str(out), "--threads", threads, *QUICK]) == 0
+        assert npvit.get_num_threads() == int(threads)
+        log = json.loads((out / "run.json").read_text())["epochs"]
+        runs.append((read_checkpoint(out / "model.npz"),
+                     [(e["train_loss"], e["val_loss"], e["val_acc"]) for e in log]))
+    (state1, log1), (state2, log2) = runs
+    assert log1 == log2 and state1.keys() == state2.keys()
+    assert all(np.array_equal(state1[k], state2[k]) for k in state1)
