@@ -3,8 +3,10 @@
 All three standardise x over some axes, x_hat = (x - mean) / sqrt(var + eps) with the biased
 variance, then apply a per-channel affine y = gamma * x_hat + beta. They differ only in the
 axes: batch norm over (N, H, W) per channel, layer norm over the last axis per token, group
-norm over (C/G, *spatial) per sample and group. So the standardisation and its backward are
-written once (``_standardize_*``), and each norm only chooses axes and reshapes.
+norm over (C/G, *spatial) per sample and group. Layer and group norm share the standardisation
+and its backward (``_standardize_*``) and only choose axes and reshapes; batch norm, whose gamma
+is constant over each of its groups (a channel), writes the same formulas with per-channel
+sums that its backward can reuse (``batchnorm2d_backward``).
 
 Backward of standardisation over M elements (the derivation llm.c's layernorm doc walks through):
     dx = (1/sigma) * (dx_hat - mean(dx_hat) - x_hat * mean(dx_hat * x_hat))
@@ -45,6 +47,24 @@ def _standardize_backward(dx_hat, x_hat, inv_std, axes):
 
 
 # --- batch norm -------------------------------------------------------------------------------
+# Batch norm's statistics are per channel over (N, H, W): N * C planes of H * W values, each plane
+# one row of x.reshape(N * C, H * W). Its sums are taken per plane with BLAS (a matrix-vector
+# product with ones; a dot product per plane, np.vecdot, for the sums of products) and then over
+# the N samples: np.sum over axes (0, 2, 3) and a product array + sum are 2-3x slower (float32
+# (8, 64, 128, 128): sum 1.44 -> 0.82 ms, sum(dy * x_hat) 4.56 -> 1.41 ms).
+def _channel_sums(a):
+    """a: (N, C, *spatial) -> (C,): the sum of each channel over samples and positions."""
+    n, c = a.shape[:2]
+    planes = a.reshape(n * c, -1)
+    return (planes @ np.ones(planes.shape[1], dtype=a.dtype)).reshape(n, c).sum(axis=0)
+
+
+def _channel_dots(a, b):
+    """a, b: (N, C, *spatial) -> (C,): sum(a * b) per channel, without the product array."""
+    n, c = a.shape[:2]
+    return np.vecdot(a.reshape(n * c, -1), b.reshape(n * c, -1)).reshape(n, c).sum(axis=0)
+
+
 def batchnorm2d_forward(x, gamma, beta, running_mean, running_var, training: bool,
                         momentum: float = 0.1, eps: float = 1e-5):
     """x: (N, C, H, W); gamma, beta, running_mean, running_var: (C,).
@@ -53,34 +73,53 @@ def batchnorm2d_forward(x, gamma, beta, running_mean, running_var, training: boo
     IN PLACE (as torch.nn.functional.batch_norm does): r <- (1 - momentum) r + momentum s,
     where the variance fed to the running average is the unbiased one (M / (M - 1)).
     eval: normalise with the running statistics.
+    y = x_c * (gamma * inv_std) + beta with the centred x_c = x - mean; the cache keeps x_c
+    (x_hat = x_c * inv_std is never stored: the backward folds inv_std into per-channel factors).
     """
-    axes = (0, 2, 3)
+    c = x.shape[1]
+    per_channel = (1, c) + (1,) * (x.ndim - 2)
     if training:
-        x_hat, inv_std, mean, var = _standardize_forward(x, axes, eps)
-        m = x.size // x.shape[1]
+        m = x.size // c
+        mean = _channel_sums(x) / m
+        x_c = x - mean.reshape(per_channel)
+        var = _channel_dots(x_c, x_c) / m                 # biased, from the centred values
         running_mean *= 1.0 - momentum
-        running_mean += momentum * mean.reshape(-1)
+        running_mean += momentum * mean
         running_var *= 1.0 - momentum
-        running_var += momentum * var.reshape(-1) * (m / max(m - 1, 1))
+        running_var += momentum * var * (m / max(m - 1, 1))
+        inv_std = 1.0 / np.sqrt(var + eps)
     else:
-        inv_std = (1.0 / np.sqrt(running_var + eps)).astype(x.dtype).reshape(1, -1, 1, 1)
-        x_hat = (x - running_mean.reshape(1, -1, 1, 1)) * inv_std
-    y = x_hat * gamma.reshape(1, -1, 1, 1)
-    y += beta.reshape(1, -1, 1, 1)
-    return y, (x_hat, inv_std, gamma, training)
+        x_c = x - running_mean.reshape(per_channel)
+        inv_std = (1.0 / np.sqrt(running_var + eps)).astype(x.dtype)
+    y = x_c * (gamma * inv_std).reshape(per_channel)
+    y += beta.reshape(per_channel)
+    return y, (x_c, inv_std, gamma, training)
 
 
 def batchnorm2d_backward(dy, cache):
-    """dy: (N, C, H, W) -> (dx, dgamma, dbeta). In eval mode the statistics are constants."""
-    x_hat, inv_std, gamma, training = cache
-    axes = (0, 2, 3)
-    dgamma = (dy * x_hat).sum(axis=axes)
-    dbeta = dy.sum(axis=axes)
-    dx_hat = dy * gamma.reshape(1, -1, 1, 1)
+    """dy: (N, C, H, W) -> (dx, dgamma, dbeta). In eval mode the statistics are constants.
+
+    With x_hat = x_c * inv_std and M = N * H * W values per channel, dbeta = sum(dy) and
+    dgamma = sum(dy * x_hat) = inv_std * sum(dy * x_c). In training dx is the standardisation
+    backward (module docstring) with dx_hat = gamma * dy; as gamma is constant over a channel's
+    M values, mean(dx_hat) = gamma * dbeta / M and mean(dx_hat * x_hat) = gamma * dgamma / M,
+    the two sums already taken, so
+        dx = gamma * inv_std * (dy - dbeta / M - x_c * inv_std * dgamma / M),
+    four passes over the feature map where the plain formula made eleven.
+    """
+    x_c, inv_std, gamma, training = cache
+    c = dy.shape[1]
+    per_channel = (1, c) + (1,) * (dy.ndim - 2)
+    dbeta = _channel_sums(dy)
+    dgamma = _channel_dots(dy, x_c) * inv_std
     if training:
-        dx = _standardize_backward(dx_hat, x_hat, inv_std, axes)
+        m = dy.size // c
+        dx = x_c * (-inv_std * dgamma / m).reshape(per_channel)
+        dx += (-dbeta / m).reshape(per_channel)
+        dx += dy
+        dx *= (gamma * inv_std).reshape(per_channel)
     else:
-        dx = dx_hat * inv_std
+        dx = dy * (gamma * inv_std).reshape(per_channel)
     return dx, dgamma, dbeta
 
 
