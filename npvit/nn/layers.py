@@ -71,11 +71,13 @@ class Linear(Module):
 
 
 class BatchNorm2d(Module):
-    """x (N, C, H, W). Train: batch statistics, running averages updated; eval: running stats."""
+    """x (N, C, H, W). Train: batch statistics, running averages updated; eval: running stats.
+    inplace=True centres x in place (its cache then holds x itself): use it only where x is a
+    fresh array nobody else keeps, as the conv output in ConvNormAct."""
 
-    def __init__(self, num_features, eps=1e-5, momentum=0.1, dtype=np.float32):
+    def __init__(self, num_features, eps=1e-5, momentum=0.1, dtype=np.float32, inplace=False):
         super().__init__()
-        self.eps, self.momentum = eps, momentum
+        self.eps, self.momentum, self.inplace = eps, momentum, inplace
         self.weight = Parameter(np.ones(num_features, dtype))
         self.bias = Parameter(np.zeros(num_features, dtype))
         self.register_buffer("running_mean", np.zeros(num_features, dtype))
@@ -86,7 +88,8 @@ class BatchNorm2d(Module):
         if self.training:
             self.num_batches_tracked += 1     # in place, so it stays a 0-d int64 array
         y, cache = F.batchnorm2d_forward(x, self.weight.data, self.bias.data, self.running_mean,
-                                         self.running_var, self.training, self.momentum, self.eps)
+                                         self.running_var, self.training, self.momentum, self.eps,
+                                         self.inplace)
         self.save_cache(cache)
         return y
 
@@ -258,7 +261,9 @@ class ConvNormAct(Module):
         self.conv = Conv2d(in_channels, out_channels, kernel_size, stride,
                            dilation * (kernel_size // 2), groups, bias=False, dilation=dilation,
                            dtype=dtype)
-        self.bn = BatchNorm2d(out_channels, dtype=dtype)
+        # the conv's output is a fresh array only the BatchNorm sees, so BN centres it in place
+        # (one feature-map allocation less; training step A/B: xxs 0.96, v2 0.99)
+        self.bn = BatchNorm2d(out_channels, dtype=dtype, inplace=True)
         if act == "relu":
             self.act = ReLU()
         else:                                             # the input is always a fresh array
