@@ -5,6 +5,8 @@
 * whole models: ``no_grad()`` inference == the plain eval forward;
 * in-place SiLU, softmax and batch norm == their out-of-place versions (and the backward from
   the in-place cache is the same);
+* multi-head attention with ``need_weights=False`` (the weights normalised after the product
+  with v) == the plain path that normalises them first;
 * ``npvit.set_num_threads(2)`` (images of a batch in a thread pool, BLAS on one thread each) ==
   one thread, bit for bit, for a model's batch and for ``npvit predict --threads``.
 Bound: relative to the output's scale, 1e-10 in float64 and 1e-5 in float32.
@@ -143,6 +145,19 @@ def test_in_place_softmax_equals_out_of_place(seed, axis, dtype):
     y_in_place, _ = F.softmax_forward(x_owned, axis, inplace=True)
     assert y_in_place is x_owned
     assert_same(y_in_place, y, dtype)
+
+
+@given(st.integers(0, 2**32 - 1), st.integers(1, 40), st.sampled_from([1, 2, 4]), DTYPES)
+def test_attention_without_weights_equals_the_plain_path(seed, tokens, heads, dtype):
+    rng = np.random.default_rng(seed)
+    d = 4 * heads
+    x = (rng.standard_normal((2, tokens, d)) * 3).astype(dtype)   # scores of +-tens: the shift matters
+    params = [rng.standard_normal(shape).astype(dtype)
+              for shape in ((3 * d, d), (3 * d,), (d, d), (d,))]
+    plain, plain_cache = F.multi_head_attention_forward(x, *params, heads)
+    fast, fast_cache = F.multi_head_attention_forward(x, *params, heads, need_weights=False)
+    assert fast_cache["attention"] is None and plain_cache["attention"].shape == (2, heads, tokens, tokens)
+    assert_same(fast, plain, dtype)
 
 
 @pytest.fixture

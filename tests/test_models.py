@@ -128,7 +128,10 @@ def test_finite_difference_spot_check_through_the_whole_network(name):
             [k for k in params if "transformer.0.attn" in k][:2] + ["head.fc.bias"]
     for k in picks:
         p = params[k]
-        num, idx = numeric_gradient(lambda: model(x), p.data, g, h=1e-6, max_coords=5)
+        # h = 1e-5: central differences' rounding noise is ~eps |g . logits| / h (about 1e-8
+        # absolute at h = 1e-6 through the whole network, the size of atol), their truncation
+        # error ~h^2; 1e-5 keeps both near 1e-9
+        num, idx = numeric_gradient(lambda: model(x), p.data, g, h=1e-5, max_coords=5)
         np.testing.assert_allclose(p.grad.reshape(-1)[idx], num, rtol=1e-5, atol=1e-8, err_msg=k)
 
 

@@ -6,6 +6,8 @@ import math
 import numpy as np
 from scipy.special import erfc
 
+from .cache_blocks import blocks
+
 
 def relu_forward(x):
     """y = max(x, 0), any shape."""
@@ -18,29 +20,46 @@ def relu_backward(dy, mask):
 
 
 def silu_forward(x, inplace: bool = False):
-    """SiLU ("swish" in ml-cvnets): y = x * sigmoid(x) = x / (1 + exp(-x)), any shape.
+    """SiLU ("swish" in ml-cvnets): y = x * sigmoid(x), any shape.
 
-    inplace=True writes y over x — only for a caller that owns x (e.g. the fresh output of a
+    Computed as y = h (1 + tanh h) with h = x / 2, because sigmoid(x) = (1 + tanh(x/2)) / 2.
+    Same function, cheaper here: NumPy's float32 tanh is about 3x faster than its exp
+    (1M values, one thread: tanh 0.17 ms, exp 0.35-0.53 ms), and the four passes (halve, tanh,
+    +1, multiply) took 0.45 ms where x / (1 + exp(-x)) took 0.8 ms. tanh saturates at +-1, so
+    nothing overflows at any input. The passes run over cache-sized blocks (``cache_blocks``):
+    a training batch's activations are tens of MB, and four passes over each block while it
+    is in the cache beat four passes over the whole array ((8, 64, 128, 128): 5.1 vs 9.4 ms).
+    inplace=True writes y over x: only for a caller that owns x (e.g. the fresh output of a
     conv that nobody else holds); it saves allocating a second array of x's size.
-    The cache is (y, 1 + exp(-x)): backward needs only these, so x itself need not survive.
+    The cache is (y, t) with t = 1 + tanh(x/2) = 2 sigmoid(x): backward needs only these, so
+    x itself need not survive.
     """
-    # np.exp is vectorised for float32 and about twice as fast as scipy's expit here.
-    denom = np.negative(x)
-    with np.errstate(over="ignore"):      # exp(-x) = inf for x < -88 (float32): x / inf = 0, the limit
-        np.exp(denom, out=denom)
-    denom += 1                            # 1 + exp(-x) = 1 / sigmoid(x)
-    y = np.divide(x, denom, out=x if inplace else None)
-    return y, (y, denom)
+    if not x.flags.c_contiguous:          # the blocks are slices of the flat array
+        x, inplace = np.ascontiguousarray(x), True     # a fresh copy: ours to overwrite
+    y = x if inplace else np.empty_like(x)
+    t = np.empty_like(x)
+    flat_x, flat_y, flat_t = x.reshape(-1), y.reshape(-1), t.reshape(-1)
+    for part in blocks(x.size, 2 * x.itemsize):
+        h = np.multiply(flat_x[part], 0.5, out=flat_y[part])   # x/2, written where y goes
+        np.tanh(h, out=flat_t[part])
+        flat_t[part] += 1                 # t = 1 + tanh(x/2) = 2 sigmoid(x)
+        np.multiply(h, flat_t[part], out=h)
+    return y, (y, t)
 
 
 def silu_backward(dy, cache):
-    # d/dx [x s(x)] = s + x s (1 - s) = s + y (1 - s), with s = sigmoid(x) = 1 / denom
-    y, denom = cache
-    s = 1 / denom
-    grad = 1 - s                          # built up in one buffer: s + y (1 - s), then * dy
-    grad *= y
-    grad += s
-    grad *= dy
+    # d/dx [x s(x)] = s + x s (1 - s) = s + y (1 - s) = s (1 - y) + y, with s = sigmoid(x) = t/2;
+    # built up in one buffer, block by block as in the forward
+    y, t = cache
+    dy = np.ascontiguousarray(dy)
+    grad = np.empty_like(y)
+    flat_y, flat_t, flat_dy, flat_grad = y.reshape(-1), t.reshape(-1), dy.reshape(-1), grad.reshape(-1)
+    for part in blocks(y.size, 4 * y.itemsize):
+        g = np.subtract(1, flat_y[part], out=flat_grad[part])
+        g *= flat_t[part]
+        g *= 0.5
+        g += flat_y[part]
+        g *= flat_dy[part]
     return grad
 
 

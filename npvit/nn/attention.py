@@ -52,7 +52,8 @@ class MultiHeadAttention(Module):
         _check_tokens(self, x, self.proj.weight.shape[0])
         y, cache = F.multi_head_attention_forward(
             x, self.qkv.weight.data, self.qkv.bias.data, self.proj.weight.data,
-            self.proj.bias.data, self.num_heads, self.attn_drop, self.training, self.rng)
+            self.proj.bias.data, self.num_heads, self.attn_drop, self.training, self.rng,
+            need_weights=self.record or is_grad_enabled())
         self.last_attention = _kept(self, cache["attention"])
         self.save_cache(cache)
         return y

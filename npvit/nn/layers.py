@@ -169,7 +169,8 @@ class _Elementwise(Module):
 class SiLU(Module):
     """y = x * sigmoid(x). inplace=True overwrites the input with the output: use it only where
     the input is a fresh array nobody else keeps (the output of the layer just before), as in
-    ConvNormAct and the MLPs. Its backward needs only y, so in-place is safe in training too."""
+    ConvNormAct and the MLPs. Its backward needs only y and 1 + tanh(x/2), so in-place is safe in
+    training too."""
 
     def __init__(self, inplace=False):
         super().__init__()
