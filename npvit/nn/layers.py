@@ -176,8 +176,9 @@ class SiLU(Module):
         super().__init__()
         self.inplace = inplace
 
-    def forward(self, x):
-        y, cache = F.silu_forward(x, self.inplace)
+    def forward(self, x, halved=False):
+        """halved=True: x holds x/2 (ConvNormAct's inference path, see F.silu_forward)."""
+        y, cache = F.silu_forward(x, self.inplace, halved)
         self.save_cache(cache)
         return y
 
@@ -273,15 +274,22 @@ class ConvNormAct(Module):
     def forward(self, x):
         if self.training or is_grad_enabled():
             x = self.bn.forward(self.conv.forward(x))
+        elif isinstance(self.act, SiLU):
+            return self.act.forward(self.folded_conv_forward(x), True)   # it gave x/2
         else:
             x = self.folded_conv_forward(x)
         return self.act.forward(x) if self.act is not None else x
 
     def folded_conv_forward(self, x):
-        """conv with the (eval-mode) BatchNorm folded in; keeps no cache (inference only)."""
+        """conv with the (eval-mode) BatchNorm folded in; keeps no cache (inference only).
+        Before a SiLU it returns half the output: SiLU computes from x/2 (F.silu_forward), and
+        the 1/2 folded into the weights here saves that pass over the feature map."""
         conv, bn = self.conv, self.bn
         w, b = F.fold_batchnorm(conv.weight.data, None, bn.weight.data, bn.bias.data,
                                 bn.running_mean, bn.running_var, bn.eps)
+        if isinstance(self.act, SiLU):
+            w *= 0.5                      # fresh arrays; halving is exact in floating point
+            b *= 0.5
         y, _ = F.conv2d_forward(x, w, b, conv.stride, conv.padding, conv.groups, conv.dilation)
         return y
 
