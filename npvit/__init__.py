@@ -1,4 +1,8 @@
 """npvit: MobileViT and MobileViTv2 in NumPy, every forward and backward written by hand."""
+from .heap import keep_freed_memory
+
+keep_freed_memory()   # freed arrays stay in the process for the next one (npvit/heap.py)
+
 from . import data, functional, nn, weights
 from .gradcheck import check_gradients
 from .models import create_model, list_models

@@ -36,6 +36,7 @@ from . import opcount
 from .data import DEFAULT_CROP_SIZE, MIN_SIDE, PIPELINES, default_pipeline, imagenet_classes
 from .errors import NpvitError
 from .functional import softmax_forward
+from .functional.cache_blocks import BLOCK_BYTES
 from .models import MobileViTNet, create_model, list_models
 from .nn import no_grad
 from .weights import (cache_dir, convert_cached, convert_checkpoint, load_model_file,
@@ -190,11 +191,13 @@ _CALIBRATION_SIZES = (64, 128)
 
 
 @functools.lru_cache(maxsize=None)
-def _calibrate(name: str, training: bool) -> tuple[float, float, float, float]:
-    """(a, b, attention_largest, attention_total) for model ``name``, one image: the measured
-    peak of new allocations is a + b * size^2 plus the attention maps, which at size S take
-    attention_* * (S / 64)^4 bytes (v1; 0 for v2, whose context scores grow as size^2 and are
-    part of b). Measured with tracemalloc (NumPy reports its buffers to it) at sizes 64 and 128."""
+def _calibrate(name: str, training: bool) -> tuple[float, float, float, int, float]:
+    """(a, b, map_item, map_items, maps_total) for model ``name``, one image: the measured peak
+    of new allocations is a + b * size^2 plus the attention maps (v1; none for v2, whose context
+    scores grow as size^2 and are part of b). At size S one map of the largest layer takes
+    map_item * (S / 64)^4 bytes per (image, pixel position), and that layer has map_items of
+    them; all of them together take maps_total * (S / 64)^4. Measured with tracemalloc (NumPy
+    reports its buffers to it) at sizes 64 and 128."""
     model = create_model(name)
     model.train(training)
     peaks, attention = [], []
@@ -217,10 +220,15 @@ def _calibrate(name: str, training: bool) -> tuple[float, float, float, float]:
         peak = tracemalloc.get_traced_memory()[1] - start
         if not tracing:
             tracemalloc.stop()
-        maps = [op.nbytes for op in counter.ops if op.name == "softmax over keys"]  # v1 MHA
+        # v1 MHA reports each cache block of its (items, h, N, N) scores; at these sizes one
+        # block holds every item of a layer
+        maps = [op for op in counter.ops if op.name == "softmax over keys"]
+        largest = max(maps, key=lambda op: op.nbytes, default=None)
         scale = (size / _CALIBRATION_SIZES[0]) ** 4
-        attention.append((max(maps, default=0) / scale, sum(maps) / scale))
-        peaks.append(peak - (sum(maps) if training else max(maps, default=0)))
+        item, items = (largest.nbytes / largest.shape[0], largest.shape[0]) if largest else (0, 1)
+        total = sum(op.nbytes for op in maps)
+        attention.append((item / scale, items, total / scale))
+        peaks.append(peak - (total if training else (largest.nbytes if largest else 0)))
     (s0, s1), (p0, p1) = _CALIBRATION_SIZES, peaks
     b = max(p1 - p0, 0) / (s1 ** 2 - s0 ** 2)
     a = max(p0 - b * s0 ** 2, 0)
@@ -234,13 +242,17 @@ def working_set_bytes(name: str, size: int, batch: int = 1, training: bool = Fal
     matter; ``capture``: every layer's attention map kept, as viz.capture does) or a training
     step (forward + backward, every layer's cache alive). Within about 10% of the peak RSS
     measured for v1 and v2 models at sizes 256-1024."""
-    a, b, largest, total = _calibrate(name, training)
-    attention = (size / _CALIBRATION_SIZES[0]) ** 4
+    a, b, item, items, total = _calibrate(name, training)
+    growth = (size / _CALIBRATION_SIZES[0]) ** 4
+    item *= growth
+    # the softmax runs over cache-sized blocks of the items (functional/cache_blocks.py): the
+    # scores of one block are alive at a time, unless the maps are kept
+    block = item * min(items, max(1, BLOCK_BYTES // max(item, 1)))
     if training:
-        # every layer's map is cached for backward, and backward makes a few of the largest
-        per_image = b * size ** 2 + (total + 3 * largest) * attention
+        # every layer's map is cached for backward, and backward makes a few blocks' worth
+        per_image = b * size ** 2 + total * growth + 3 * block
         return a + batch * per_image
-    return a + b * size ** 2 + (total if capture else largest) * attention
+    return a + b * size ** 2 + (total * growth if capture else block)
 
 
 def available_memory_bytes() -> int | None:

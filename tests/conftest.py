@@ -5,8 +5,10 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, settings
 
-# CI gets few examples to stay well inside its time; `HYPOTHESIS_PROFILE=thorough` locally.
-settings.register_profile("ci", max_examples=10, deadline=None,
+# CI gets few examples to stay well inside its time, the same ones on every run (derandomize:
+# a finite-difference check whose noise meets its tolerance on one rare draw cannot make a CI
+# run fail by chance); `HYPOTHESIS_PROFILE=thorough` locally.
+settings.register_profile("ci", max_examples=10, deadline=None, derandomize=True,
                           suppress_health_check=[HealthCheck.too_slow])
 settings.register_profile("dev", max_examples=25, deadline=None,
                           suppress_health_check=[HealthCheck.too_slow])

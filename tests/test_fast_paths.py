@@ -3,8 +3,8 @@
 * ``F.fold_batchnorm``: conv with the folded weights == conv followed by eval-mode BatchNorm;
 * ``ConvNormAct`` in eval under ``no_grad()`` (folded) == eval with gradients on (conv, BN);
 * whole models: ``no_grad()`` inference == the plain eval forward;
-* in-place SiLU and softmax == their out-of-place versions (and the backward from the
-  in-place cache is the same);
+* in-place SiLU, softmax and batch norm == their out-of-place versions (and the backward from
+  the in-place cache is the same);
 * multi-head attention with ``need_weights=False`` (the weights normalised after the product
   with v) == the plain path that normalises them first;
 * ``npvit.set_num_threads(2)`` (images of a batch in a thread pool, BLAS on one thread each) ==
@@ -117,6 +117,23 @@ def test_in_place_silu_equals_out_of_place_forward_and_backward(seed, dtype):
     assert y_in_place is x_owned                 # written over its input, no new array
     assert_same(y_in_place, y, dtype)
     assert_same(F.silu_backward(dy, cache_in_place), dx, dtype)
+
+
+@given(st.integers(0, 2**32 - 1), st.booleans(), DTYPES)
+def test_in_place_batchnorm_equals_out_of_place_forward_and_backward(seed, training, dtype):
+    rng = np.random.default_rng(seed)
+    x = (rng.standard_normal((3, 4, 5, 2)) * 3 + 1).astype(dtype)
+    dy = rng.standard_normal(x.shape).astype(dtype)
+    gamma, beta, mean, var = random_batchnorm(rng, 4, dtype)
+    y, cache = F.batchnorm2d_forward(x, gamma, beta, mean.copy(), var.copy(), training)
+    grads = F.batchnorm2d_backward(dy, cache)
+    x_owned = x.copy()
+    y_in_place, cache_in_place = F.batchnorm2d_forward(x_owned, gamma, beta, mean.copy(),
+                                                       var.copy(), training, inplace=True)
+    assert cache_in_place[0] is x_owned          # centred over its input, no new array
+    assert_same(y_in_place, y, dtype)
+    for got, expected in zip(F.batchnorm2d_backward(dy, cache_in_place), grads):
+        assert_same(got, expected, dtype)
 
 
 @given(st.integers(0, 2**32 - 1), st.integers(0, 2), DTYPES)

@@ -68,7 +68,7 @@ def _channel_dots(a, b):
 
 
 def batchnorm2d_forward(x, gamma, beta, running_mean, running_var, training: bool,
-                        momentum: float = 0.1, eps: float = 1e-5):
+                        momentum: float = 0.1, eps: float = 1e-5, inplace: bool = False):
     """x: (N, C, H, W); gamma, beta, running_mean, running_var: (C,).
 
     training: normalise with the batch statistics and update running_mean / running_var
@@ -77,13 +77,14 @@ def batchnorm2d_forward(x, gamma, beta, running_mean, running_var, training: boo
     eval: normalise with the running statistics.
     y = x_c * (gamma * inv_std) + beta with the centred x_c = x - mean; the cache keeps x_c
     (x_hat = x_c * inv_std is never stored: the backward folds inv_std into per-channel factors).
+    inplace=True centres x in place (x_c is then x itself): only for a fresh x nobody else keeps.
     """
     c = x.shape[1]
     per_channel = (1, c) + (1,) * (x.ndim - 2)
     if training:
         m = x.size // c
         mean = _channel_sums(x) / m
-        x_c = x - mean.reshape(per_channel)
+        x_c = np.subtract(x, mean.reshape(per_channel), out=x if inplace else None)
         var = _channel_dots(x_c, x_c) / m                 # biased, from the centred values
         running_mean *= 1.0 - momentum
         running_mean += momentum * mean
@@ -91,7 +92,7 @@ def batchnorm2d_forward(x, gamma, beta, running_mean, running_var, training: boo
         running_var += momentum * var * (m / max(m - 1, 1))
         inv_std = 1.0 / np.sqrt(var + eps)
     else:
-        x_c = x - running_mean.reshape(per_channel)
+        x_c = np.subtract(x, running_mean.reshape(per_channel), out=x if inplace else None)
         inv_std = (1.0 / np.sqrt(running_var + eps)).astype(x.dtype)
     y = x_c * (gamma * inv_std).reshape(per_channel)
     y += beta.reshape(per_channel)
