@@ -370,6 +370,7 @@ def add_parser(sub):
     p.add_argument("--resume", metavar="CKPT", help="continue from this checkpoint.npz")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     # the training step sees the whole batch (BatchNorm), so it runs on one thread: a second
-    # BLAS thread made it about 5-15% faster alone and 3-20x slower beside one busy process
-    add_threads(p, "the validation images run (the training step on one thread)")
+    # BLAS thread made it ~13% faster alone and 2-20x slower beside one busy process
+    # (docs/benchmark.md, "Threads on a shared machine")
+    add_threads(p, "validation images run in a pool of N threads, the training step on one")
     p.set_defaults(func=run)

@@ -48,13 +48,13 @@ def check_seed(seed: int) -> int:
     return seed
 
 
-def add_threads(p, pooled: str = "images run") -> None:
+def add_threads(p, pooled: str = "images run in a pool of N threads") -> None:
     """--threads N: npvit.set_num_threads(N) (images in a pool of N threads, BLAS on one).
     ``pooled`` says what runs in the pool, for the help."""
     p.add_argument("--threads", type=int, default=0, metavar="N",
-                   help=f"CPU threads: {pooled} in a pool of N threads, each BLAS call on one "
-                        f"thread, so a busy neighbour slows npvit in proportion (0 = every CPU, "
-                        f"the default; 1 leaves the other cores to the machine's other users)")
+                   help=f"CPU threads: {pooled}, each BLAS call on one thread, so a busy "
+                        f"neighbour slows npvit in proportion (0 = every CPU, the default; 1 "
+                        f"leaves the other cores to the machine's other users)")
 
 
 def apply_threads(args) -> None:
