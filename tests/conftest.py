@@ -50,12 +50,14 @@ def server(no_proxy):
 @pytest.fixture(autouse=True)
 def restore_threads():
     """npvit's commands call npvit.set_num_threads (--threads, default every CPU), which changes
-    process-wide state: after each test, shut its pool and lift its BLAS limit, so every test
-    starts from the library's default (no pool, BLAS as the environment set it)."""
+    process-wide state: after each test, shut its pool, lift its BLAS limit and restore Python's
+    switch interval, so every test starts from the library's default (no pool, BLAS as the
+    environment set it)."""
     from npvit import threads
     yield
     if threads._pool is not None:
         threads._pool.shutdown()
     if threads._blas_limit is not None:
         threads._blas_limit.restore_original_limits()
+    threads._set_switch_interval(pool=False)
     threads._pool = threads._blas_limit = threads._num_threads = None

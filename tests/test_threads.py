@@ -93,3 +93,15 @@ def test_finetune_on_two_threads_trains_what_one_thread_trains(tmp_path):
     (state1, log1), (state2, log2) = runs
     assert log1 == log2 and state1.keys() == state2.keys()
     assert all(np.array_equal(state1[k], state2[k]) for k in state1)
+
+
+def test_a_pool_lowers_the_switch_interval_and_one_thread_restores_it():
+    import sys
+    from npvit.threads import POOL_SWITCH_INTERVAL
+    before = sys.getswitchinterval()
+    assert POOL_SWITCH_INTERVAL < before        # Python's default is 5 ms
+    for _ in range(2):                          # set twice: the original is still remembered
+        npvit.set_num_threads(2)
+        assert sys.getswitchinterval() == pytest.approx(POOL_SWITCH_INTERVAL)
+    npvit.set_num_threads(1)
+    assert sys.getswitchinterval() == before
