@@ -105,3 +105,17 @@ def test_a_pool_lowers_the_switch_interval_and_one_thread_restores_it():
         assert sys.getswitchinterval() == pytest.approx(POOL_SWITCH_INTERVAL)
     npvit.set_num_threads(1)
     assert sys.getswitchinterval() == before
+
+
+@pytest.mark.parametrize("command", ["predict", "eval", "finetune"])
+def test_the_size_check_still_refuses_a_size_that_cannot_fit_on_two_threads(command, tmp_path,
+                                                                              capsys):
+    """--threads is applied first (the size check runs the model), and the check still runs."""
+    target = {"predict": ["--model", "mobilevit_xxs"], "eval": [str(tmp_path), "--model",
+              "mobilevit_xxs"], "finetune": [str(tmp_path), "--model", "mobilevit_xxs",
+                                             "--out", str(tmp_path / "out")]}[command]
+    assert main([command, *target, "--size", "100000", "--threads", "2"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("npvit: error: --size 100000 is too large for mobilevit_xxs: ")
+    assert "the largest --size that fits is" in err and "\n" not in err
+    assert not (tmp_path / "out").exists()
