@@ -8,9 +8,10 @@ in eval mode do not interact. BLAS threads are pinned to one (with threadpoolctl
 multi-threaded BLAS call waits for its slowest thread: on a 2-core machine with one other busy
 process, OpenBLAS on 2 threads made a batch-1 forward of mobilevitv2_050 8x slower than on one
 (546 vs 65 ms) and `npvit finetune` epochs 3-20x slower, where one BLAS thread slows in
-proportion to the CPU share it gets. (OpenBLAS's wait policy does not help: with
-OPENBLAS_THREAD_TIMEOUT=4 its idle threads sleep sooner, but the epochs still took 7.6-43 s
-instead of 3.3 s; OMP_WAIT_POLICY concerns OpenMP builds, and NumPy's OpenBLAS uses pthreads.)
+proportion to the CPU share it gets. (OpenBLAS's wait policy is no cure: with
+OPENBLAS_THREAD_TIMEOUT=4 its idle threads sleep sooner, and beside the busy process epochs took
+7.6-43 s in one run and 4.0-4.3 s in another, against 2.8-4.5 s on one BLAS thread;
+OMP_WAIT_POLICY concerns OpenMP builds, and NumPy's OpenBLAS uses pthreads.)
 
 ``set_num_threads(1)`` is one image at a time with single-threaded BLAS (the benchmark's
 setting). npvit's commands call ``set_num_threads(--threads)``, every CPU by default. Without a
