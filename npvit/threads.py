@@ -55,6 +55,15 @@ def cpu_count() -> int:
         return os.cpu_count() or 1
 
 
+def can_pin_blas() -> bool:
+    """Whether BLAS threads can be pinned here (threadpoolctl is installed)."""
+    try:
+        import threadpoolctl  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
 def _pin_blas_to_one_thread() -> bool:
     """Limit every BLAS / OpenMP pool of the process to one thread; False without threadpoolctl."""
     global _blas_limit

@@ -119,3 +119,17 @@ def test_the_size_check_still_refuses_a_size_that_cannot_fit_on_two_threads(comm
     assert err.startswith("npvit: error: --size 100000 is too large for mobilevit_xxs: ")
     assert "the largest --size that fits is" in err and "\n" not in err
     assert not (tmp_path / "out").exists()
+
+
+def test_without_threadpoolctl_the_default_is_one_thread_and_no_warning(imagenet_folder, capsys,
+                                                                        monkeypatch):
+    """BLAS cannot be pinned then, so a pool on top of its threads would oversubscribe."""
+    import warnings
+    from npvit import threads
+    monkeypatch.setattr(threads, "can_pin_blas", lambda: False)
+    folder, weights = imagenet_folder
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert main(["eval", str(folder), "--weights", str(weights), "--size", "32",
+                     "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["threads"] == 1

@@ -51,15 +51,20 @@ def check_seed(seed: int) -> int:
 def add_threads(p, pooled: str = "images run in a pool of N threads") -> None:
     """--threads N: npvit.set_num_threads(N) (images in a pool of N threads, BLAS on one).
     ``pooled`` says what runs in the pool, for the help."""
-    p.add_argument("--threads", type=int, default=0, metavar="N",
+    p.add_argument("--threads", type=int, metavar="N",
                    help=f"CPU threads: {pooled}, each BLAS call on one thread, so a busy "
-                        f"neighbour slows npvit in proportion (0 = every CPU, the default; 1 "
-                        f"leaves the other cores to the machine's other users)")
+                        f"neighbour slows npvit in proportion (0 = every CPU, the default with "
+                        f"threadpoolctl installed, else 1; 1 leaves the other cores to the "
+                        f"machine's other users)")
 
 
 def apply_threads(args) -> None:
     """Check and apply --threads (before any work starts: the size check runs the model)."""
+    from ..threads import can_pin_blas, set_num_threads
+    if args.threads is None:
+        # without threadpoolctl BLAS keeps its own threads, and a pool on top of them would
+        # oversubscribe the cores: then one image at a time, as before --threads existed
+        args.threads = 0 if can_pin_blas() else 1
     if args.threads < 0:
         raise NpvitError(f"--threads must be 0 (every CPU) or a positive number, got {args.threads}")
-    from ..threads import set_num_threads
     set_num_threads(args.threads)
