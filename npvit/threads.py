@@ -1,14 +1,14 @@
 """How many CPU threads npvit uses: ``npvit.set_num_threads(n)`` (the ``--threads`` option).
 
 npvit parallelises over *images*, not inside an operation: with n threads, inference on a batch
-runs its images (one at a time each, see ``MobileViTNet.inference_chunk``) in a pool of n
-Python threads, and every BLAS call runs on ONE thread. This scales because NumPy releases the
+runs its images (in pieces of a few images, see ``MobileViTNet.inference_chunk_bytes``) in a
+pool of n Python threads, and every BLAS call runs on ONE thread. This scales because NumPy releases the
 GIL inside its ufunc loops and BLAS calls, which is where inference spends its time, and images
 in eval mode do not interact. BLAS threads are pinned to one (with threadpoolctl) because two
 levels of threads on the same cores oversubscribe them: OpenBLAS's idle threads spin, and on a
 shared machine a spinning pool can slow a run tenfold instead of in proportion to the load.
 
-``set_num_threads(1)`` is one image at a time with single-threaded BLAS (the benchmark's
+``set_num_threads(1)`` is one piece at a time with single-threaded BLAS (the benchmark's
 setting). Without a call, npvit leaves BLAS as the environment set it (OPENBLAS_NUM_THREADS /
 OMP_NUM_THREADS) and runs images one after another.
 
