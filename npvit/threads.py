@@ -1,10 +1,10 @@
 """How many CPU threads npvit uses: ``npvit.set_num_threads(n)`` (the ``--threads`` option).
 
 npvit parallelises over *images*, not inside an operation: with n threads, inference on a batch
-runs its images (one at a time each, see ``MobileViTNet.inference_chunk``) in a pool of n
-Python threads, and every BLAS call runs on ONE thread. This scales because NumPy releases the
-GIL inside its ufunc loops and BLAS calls, which is where inference spends its time, and images
-in eval mode do not interact. BLAS threads are pinned to one (with threadpoolctl) because a
+runs its images (in pieces of a few images, see ``MobileViTNet.inference_chunk_bytes``) in a
+pool of n Python threads, and every BLAS call runs on ONE thread. This scales because NumPy
+releases the GIL inside its ufunc loops and BLAS calls, which is where inference spends its
+time, and images in eval mode do not interact. BLAS threads are pinned to one (with threadpoolctl) because a
 multi-threaded BLAS call waits for its slowest thread: on a 2-core machine with one other busy
 process, OpenBLAS on 2 threads made a batch-1 forward of mobilevitv2_050 8x slower than on one
 (546 vs 65 ms) and `npvit finetune` epochs 3-20x slower, where one BLAS thread slows in
@@ -13,14 +13,15 @@ OPENBLAS_THREAD_TIMEOUT=4 its idle threads sleep sooner, and beside the busy pro
 7.6-43 s in one run and 4.0-4.3 s in another, against 2.8-4.5 s on one BLAS thread;
 OMP_WAIT_POLICY concerns OpenMP builds, and NumPy's OpenBLAS uses pthreads.)
 
-``set_num_threads(1)`` is one image at a time with single-threaded BLAS (the benchmark's
+``set_num_threads(1)`` is one piece at a time with single-threaded BLAS (the benchmark's
 setting). npvit's commands call ``set_num_threads(--threads)``, every CPU by default. Without a
 call (the library used from Python), npvit leaves BLAS as the environment set it
 (OPENBLAS_NUM_THREADS / OMP_NUM_THREADS) and runs images one after another.
 
 threadpoolctl is optional (the ``threads`` extra); without it the image pool still runs, and BLAS
 keeps the thread count it read from OPENBLAS_NUM_THREADS / OMP_NUM_THREADS when NumPy loaded, so
-set those to 1 in the environment to avoid oversubscription.
+set those to 1 in the environment to avoid oversubscription (the commands then default to one
+thread, see ``can_pin_blas``).
 """
 from __future__ import annotations
 

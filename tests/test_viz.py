@@ -387,10 +387,10 @@ def test_plain_inference_keeps_no_attention_maps_but_capture_does():
 
 
 def test_capture_sees_every_image_of_a_batch():
-    # Inference normally runs one image at a time; while capturing, the layers must see all.
+    # Inference normally cuts a batch into pieces; while capturing, the layers must see all.
     model = npvit.create_model("mobilevitv2_050", seed=0).eval()
     x = np.random.default_rng(1).random((3, 3, 64, 64)).astype(np.float32)
     with npvit.nn.no_grad(), viz.capture(model) as records:
         model(x)
     assert all(r.weights.shape[0] == 3 for r in records)
-    assert model.inference_chunk == 1
+    assert model.inference_chunk_bytes == npvit.models.network.BLOCK_BYTES   # restored

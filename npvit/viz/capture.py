@@ -81,11 +81,11 @@ def capture(model):
         layer.attn.record = True          # keep the weights even under no_grad
     records: list[AttentionRecord] = []
     # Every layer must see the whole batch in one pass, so that its kept weights cover all images.
-    chunk, model.inference_chunk = model.inference_chunk, None
+    chunk, model.inference_chunk_bytes = model.inference_chunk_bytes, None
     try:
         yield records
     finally:
-        model.inference_chunk = chunk
+        model.inference_chunk_bytes = chunk
         for layer in layers:
             layer.attn.record = False
     for stage_index, block in blocks:
