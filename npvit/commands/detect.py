@@ -35,6 +35,7 @@ from ..errors import NpvitError
 from ..models import list_models
 from ..models.ssdlite import INPUT_SIZE
 from ..outputs import save_image
+from ..threads import set_num_threads
 from .options import add_images, images_or_example, note_random_weights
 
 DEFAULT_THRESHOLD = 0.3
@@ -56,6 +57,8 @@ def run(args) -> int:
     if args.weights is None and args.model is None:
         args.model = DEFAULT_DETECTOR
     images = images_or_example(args, "detect", "looking at")
+    set_num_threads(1)   # images one by one, BLAS on one thread (npvit/threads.py): a busy
+                         # neighbour then slows this in proportion, not out of it
 
     model = source = None
     failures, names = 0, coco_names()

@@ -31,6 +31,7 @@ from ..inference import RANDOM_WEIGHTS, load_model
 from ..models import SegmentationModel, list_models
 from ..segmentation.inference import DEFAULT_SEGMENTATION_MODEL, segment
 from ..segmentation.overlay import present_classes, save_label_png, save_overlay
+from ..threads import set_num_threads
 from .options import add_images, add_model_and_weights, images_or_example, note_random_weights
 
 
@@ -52,6 +53,8 @@ def run(args) -> int:
     if args.weights is None and args.model is None:
         args.model = DEFAULT_SEGMENTATION_MODEL
     images = images_or_example(args, "segment", "segmenting")
+    set_num_threads(1)   # images one by one, BLAS on one thread (npvit/threads.py): a busy
+                         # neighbour then slows this in proportion, not out of it
     if args.output and len(images) > 1:
         raise NpvitError("-o/--output names the overlay of ONE image; with several images the "
                          "overlays are written as <name>_segment.png")
