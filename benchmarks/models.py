@@ -447,7 +447,8 @@ def machine_info(frameworks) -> dict:
                 threads={v: os.environ.get(v) for v in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS",
                                                        "MKL_NUM_THREADS", "VECLIB_MAXIMUM_THREADS",
                                                        "OMP_WAIT_POLICY", "OPENBLAS_CORETYPE")},
-                load_average_at_start=os.getloadavg()[0])
+                load_average_at_start=os.getloadavg()[0],
+                malloc_kept=npvit.keep_freed_memory())   # import npvit did it; True if it took
     if frameworks is not None:
         torch, timm = frameworks
         info.update(torch=torch.__version__, timm=timm.__version__,
@@ -624,6 +625,11 @@ def markdown(result: dict) -> str:
         "environment before NumPy/torch load (OMP_WAIT_POLICY=PASSIVE unless set: idle OpenMP threads "
         "sleep rather than spin; OPENBLAS_CORETYPE as the machine set it), `torch.set_num_threads(1)` "
         "and `npvit.set_num_threads(1)` (threadpoolctl) except in the thread-scaling rows.",
+        "- Memory: " + ("glibc's malloc keeps freed blocks for reuse (`npvit.heap`, done by `import "
+                        "npvit`: mmap threshold 256 MiB, trim threshold 2 GiB); it holds for the whole "
+                        "process, so torch and ONNX Runtime run with it too."
+                        if m.get("malloc_kept") else "malloc as the system sets it (`npvit.heap` "
+                        "did not apply: not glibc, or NPVIT_KEEP_FREED_MEMORY=0)."),
         f"- Load average (1 min) at start {m['load_average_at_start']:.2f}, at end "
         f"{m['load_average_at_end']:.2f} (other processes share the machine).",
         f"- Input {result['image_size']}x{result['image_size']}, float32, random weights (the same "
