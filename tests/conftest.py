@@ -61,3 +61,21 @@ def restore_threads():
         threads._blas_limit.restore_original_limits()
     threads._set_switch_interval(pool=False)
     threads._pool = threads._blas_limit = threads._num_threads = None
+
+
+@pytest.fixture
+def imagenet_folder(tmp_path, monkeypatch):
+    """(folder of 6 PNGs named by two ImageNet wnids, random mobilevitv2_050 weights), with
+    NPVIT_HOME in tmp_path: for `npvit eval` runs."""
+    from PIL import Image
+    import npvit
+    from npvit.weights import save_npz
+    monkeypatch.setenv("NPVIT_HOME", str(tmp_path / "cache"))
+    weights = save_npz(npvit.create_model("mobilevitv2_050", seed=0).state_dict(), tmp_path / "w.npz")
+    rng = np.random.default_rng(5)
+    folder = tmp_path / "val"
+    folder.mkdir()
+    for i, wnid in enumerate(["n01440764", "n01443537"] * 3):
+        Image.fromarray((rng.random((36, 40, 3)) * 255).astype(np.uint8)).save(
+            folder / f"{wnid}_{i}.png")
+    return folder, weights

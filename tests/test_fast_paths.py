@@ -227,21 +227,12 @@ def test_no_grad_applies_to_its_own_thread_only():
     assert seen == [True] and is_grad_enabled()
 
 
-def test_eval_with_two_threads_reports_what_one_thread_reports(tmp_path, capsys, monkeypatch,
+def test_eval_with_two_threads_reports_what_one_thread_reports(imagenet_folder, capsys,
                                                                restore_threads):
     """Decoding in the pool ahead of the forwards (and the forwards' images in the pool) changes
     nothing: same accuracy, same skipped image, same JSON."""
-    from PIL import Image
     from npvit.cli import main
-    from npvit.weights import save_npz
-    monkeypatch.setenv("NPVIT_HOME", str(tmp_path / "cache"))
-    weights = save_npz(npvit.create_model("mobilevitv2_050").state_dict(), tmp_path / "w.npz")
-    rng = np.random.default_rng(3)
-    folder = tmp_path / "val"
-    folder.mkdir()
-    for i, wnid in enumerate(["n01440764", "n01443537"] * 3):
-        Image.fromarray((rng.random((40, 44, 3)) * 255).astype(np.uint8)).save(
-            folder / f"{wnid}_{i}.png")
+    folder, weights = imagenet_folder
     (folder / "n01440764_bad.png").write_text("not an image")
     outputs = []
     for threads in ("1", "2"):

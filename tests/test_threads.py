@@ -6,31 +6,15 @@ import time
 
 import numpy as np
 import pytest
-from PIL import Image
 
 import npvit
 from npvit.cli import main
 from npvit.threads import cpu_count
-from npvit.weights import save_npz
 
 
 def blas_threads() -> set[int]:
     from threadpoolctl import threadpool_info
     return {pool["num_threads"] for pool in threadpool_info() if pool["user_api"] == "blas"}
-
-
-@pytest.fixture
-def imagenet_folder(tmp_path, monkeypatch):
-    """(folder of 6 PNGs named by two ImageNet wnids, random mobilevitv2_050 weights)."""
-    monkeypatch.setenv("NPVIT_HOME", str(tmp_path / "cache"))
-    weights = save_npz(npvit.create_model("mobilevitv2_050", seed=0).state_dict(), tmp_path / "w.npz")
-    rng = np.random.default_rng(5)
-    folder = tmp_path / "val"
-    folder.mkdir()
-    for i, wnid in enumerate(["n01440764", "n01443537"] * 3):
-        Image.fromarray((rng.random((36, 40, 3)) * 255).astype(np.uint8)).save(
-            folder / f"{wnid}_{i}.png")
-    return folder, weights
 
 
 @pytest.mark.parametrize("command", ["predict", "eval", "finetune"])
