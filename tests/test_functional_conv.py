@@ -182,6 +182,7 @@ def test_col2im_is_the_adjoint_of_im2col(rng):
 def test_depthwise_result_does_not_depend_on_the_cache_block_size(monkeypatch, stride, dilation):
     # The depthwise tap loops run over blocks of (sample, channel) planes; every element sees
     # the same operations in the same order, so any block size gives bit-identical results.
+    from npvit.functional import cache_blocks
     from npvit.functional import conv as conv_module
     rng = np.random.default_rng(0)
     x = rng.standard_normal((3, 5, 9, 7)).astype(np.float32)
@@ -195,7 +196,7 @@ def test_depthwise_result_does_not_depend_on_the_cache_block_size(monkeypatch, s
         return (y, *conv_module.conv2d_backward(dy, cache))
 
     whole = run()
-    monkeypatch.setattr(conv_module, "_BLOCK_BYTES", 1)      # one plane per block: 15 blocks
-    assert len(conv_module._plane_blocks(15, 100)) == 15
+    monkeypatch.setattr(cache_blocks, "BLOCK_BYTES", 1)      # one plane per block: 15 blocks
+    assert len(cache_blocks.blocks(15, 100)) == 15
     for got, ref in zip(run(), whole):
         np.testing.assert_array_equal(got, ref)

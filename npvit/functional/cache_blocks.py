@@ -9,8 +9,8 @@ from __future__ import annotations
 BLOCK_BYTES = 1024 * 1024
 
 
-def blocks(count: int, bytes_per_item: int, budget: int = BLOCK_BYTES) -> list[slice]:
-    """Slices of range(count), each holding as many items as fit in ``budget`` bytes (at least
-    one), in order and covering every item once."""
-    per = max(1, budget // max(bytes_per_item, 1))
+def blocks(count: int, bytes_per_item: int, budget: int | None = None) -> list[slice]:
+    """Slices of range(count), each holding as many items as fit in ``budget`` bytes (default
+    BLOCK_BYTES, read at the call) and at least one, in order and covering every item once."""
+    per = max(1, (BLOCK_BYTES if budget is None else budget) // max(bytes_per_item, 1))
     return [slice(start, min(start + per, count)) for start in range(0, count, per)]

@@ -27,6 +27,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from . import cache_blocks
+
 
 def _pair(v) -> tuple[int, int]:
     return (v, v) if isinstance(v, int) else (int(v[0]), int(v[1]))
@@ -125,7 +127,7 @@ def conv2d_forward(x, w, b=None, stride=1, padding=0, groups: int = 1, dilation=
 
 
 # The depthwise tap loops run over blocks of (sample, channel) planes small enough that a block's
-# padded input, scratch and output stay in the CPU's caches (1 MiB of L2 per core here) across all
+# padded input, scratch and output stay in the CPU's caches (``cache_blocks``, 1 MiB) across all
 # kh * kw taps, instead of streaming whole arrays from memory kh * kw times. Same arithmetic in
 # the same order, so the result does not depend on the block size. Measured, training step at
 # batch 8 (forward + backward): mobilevitv2_050 2.49 s with whole arrays, 1.93 s in 1 MiB blocks;
@@ -135,13 +137,6 @@ def conv2d_forward(x, w, b=None, stride=1, padding=0, groups: int = 1, dilation=
 # whole padded / wide arrays cost two more round trips each way. With the dw sums as dot products
 # (np.vecdot) this made forward + backward of the batch-8 depthwise layers of both models 0.49-0.77
 # of the time of whole-array padding (median 0.72; forward 0.38-1.0, backward 0.39-0.95).
-_BLOCK_BYTES = 1024 * 1024
-
-
-def _plane_blocks(num_planes: int, bytes_per_plane: int) -> list[slice]:
-    per = max(1, _BLOCK_BYTES // max(bytes_per_plane, 1))
-    return [slice(start, min(start + per, num_planes)) for start in range(0, num_planes, per)]
-
 
 def _depthwise_geometry(x_shape, w_shape, stride, padding, dilation):
     """Sizes of the flat-plane layout of :func:`_depthwise_forward`: (ho, wo, hq, wq, rows, cols)
@@ -197,8 +192,8 @@ def _depthwise_setup(x_shape, w, stride, padding, dilation, dtype, scratch_plane
     geometry = _depthwise_geometry(x_shape, w.shape, stride, padding, dilation)
     hq, wq, rows, cols = geometry[2:]
     windows = _phase_windows(stride, padding, rows, cols)
-    blocks = _plane_blocks(n * c, (len(windows) + scratch_planes) * hq * wq
-                           * np.dtype(dtype).itemsize)
+    blocks = cache_blocks.blocks(n * c, (len(windows) + scratch_planes) * hq * wq
+                                 * np.dtype(dtype).itemsize)
     w_rows = np.broadcast_to(w.reshape(1, c, kh * kw), (n, c, kh * kw)).reshape(n * c, kh * kw, 1)
     phases = {key: np.zeros((blocks[0].stop, hq, wq), dtype=dtype) for key in windows}
     return geometry, blocks, w_rows, windows, phases
@@ -227,7 +222,7 @@ def _depthwise_forward(x, w, b, stride, padding, dilation):
     A stride s is turned into stride 1 by splitting the padded input into s * s phases (rows
     r::s, columns q::s): tap (i, j) reads phase (i % s, j % s) shifted by (i // s, j // s)
     (with dilation d: tap offset i * d in place of i, ``_tap_offset``).
-    The tap loop runs over cache-sized blocks of planes (``_plane_blocks``); the padded phases
+    The tap loop runs over cache-sized blocks of planes (``_depthwise_setup``); the padded phases
     and the wide output exist only for the block in hand.
     """
     sh, sw = _pair(stride)
