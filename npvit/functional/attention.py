@@ -20,8 +20,8 @@ from __future__ import annotations
 import numpy as np
 
 from .. import opcount
-from .activation import (dropout_backward, dropout_forward, relu_backward, relu_forward,
-                         softmax_backward, softmax_forward)
+from .activation import (dropout_forward, relu_backward, relu_forward, softmax_backward,
+                         softmax_forward)
 from .cache_blocks import blocks
 from .conv import conv2d_backward, conv2d_forward
 from .linear import linear_backward, linear_forward
@@ -132,25 +132,41 @@ def multi_head_attention_forward(x, w_qkv, b_qkv, w_proj, b_proj, num_heads: int
     need_weights=False is for inference: A is never normalised as a (k x k) array (see
     _scaled_dot_product_forward), cache["attention"] is None and there is no backward.
     """
-    qkv, qkv_cache = linear_forward(x, w_qkv, b_qkv)    # (B, k, 3d)
-    opcount.linear("q, k, v = x W_qkv^T + b", w_qkv, qkv, b_qkv)
-    q, key, v = (_split_heads(t, num_heads) for t in np.split(qkv, 3, axis=-1))  # (B, h, k, dh)
-    out, attention, sdp_cache = _scaled_dot_product_forward(q, key, v, attn_drop, training, rng,
-                                                            need_weights)
-    merged = _merge_heads(out)                           # (B, k, d)
-    opcount.copy("concatenate heads", merged)
-    y, proj_cache = linear_forward(merged, w_proj, b_proj)
-    opcount.linear("y = heads W_proj^T + b", w_proj, y, b_proj)
-    cache = {"qkv": qkv_cache, "sdp": sdp_cache, "proj": proj_cache, "num_heads": num_heads,
-             "attention": attention}
-    return y, cache
+    return _projected_heads_forward(
+        x, w_qkv, b_qkv, w_proj, b_proj, num_heads,
+        lambda q, key, v: _scaled_dot_product_forward(q, key, v, attn_drop, training, rng,
+                                                      need_weights))
 
 
 def multi_head_attention_backward(dy, cache):
     """dy: (B, k, d) -> (dx, dw_qkv, db_qkv, dw_proj, db_proj); biases' grads None if absent."""
+    return _projected_heads_backward(dy, cache, _scaled_dot_product_backward)
+
+
+def _projected_heads_forward(x, w_qkv, b_qkv, w_proj, b_proj, num_heads: int, core):
+    """The projections around a multi-head attention core, shared by MHA and MPCViT's attention
+    (functional/attention_zoo.py), which differ only in the core:
+        q, k, v = x W_qkv^T + b, split into h heads (B, h, k, dh);
+        out, A, core_cache = core(q, k, v);  y = concat(out) W_proj^T + b   (B, k, d).
+    Returns y and the cache; cache["attention"] is A."""
+    qkv, qkv_cache = linear_forward(x, w_qkv, b_qkv)    # (B, k, 3d)
+    opcount.linear("q, k, v = x W_qkv^T + b", w_qkv, qkv, b_qkv)
+    q, key, v = (_split_heads(t, num_heads) for t in np.split(qkv, 3, axis=-1))  # (B, h, k, dh)
+    out, attention, core_cache = core(q, key, v)
+    merged = _merge_heads(out)                           # (B, k, d)
+    opcount.copy("concatenate heads", merged)
+    y, proj_cache = linear_forward(merged, w_proj, b_proj)
+    opcount.linear("y = heads W_proj^T + b", w_proj, y, b_proj)
+    cache = {"qkv": qkv_cache, "sdp": core_cache, "proj": proj_cache, "num_heads": num_heads,
+             "attention": attention}
+    return y, cache
+
+
+def _projected_heads_backward(dy, cache, core_backward):
+    """dy: (B, k, d) -> (dx, dw_qkv, db_qkv, dw_proj, db_proj); core_backward(dout, core_cache)
+    returns dq, dkey, dv (B, h, k, dh) first."""
     dmerged, dw_proj, db_proj = linear_backward(dy, cache["proj"])
-    dq, dkey, dv = _scaled_dot_product_backward(_split_heads(dmerged, cache["num_heads"]),
-                                                cache["sdp"])
+    dq, dkey, dv = core_backward(_split_heads(dmerged, cache["num_heads"]), cache["sdp"])[:3]
     dqkv = np.concatenate([_merge_heads(dq), _merge_heads(dkey), _merge_heads(dv)], axis=-1)
     dx, dw_qkv, db_qkv = linear_backward(dqkv, cache["qkv"])
     return dx, dw_qkv, db_qkv, dw_proj, db_proj

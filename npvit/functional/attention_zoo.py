@@ -26,7 +26,8 @@ import numpy as np
 
 from .. import opcount
 from .activation import relu_backward, relu_forward, softmax_backward, softmax_forward
-from .attention import _merge_heads, _split_heads
+from .attention import (_merge_heads, _projected_heads_backward, _projected_heads_forward,
+                        _split_heads)
 from .conv import conv2d_backward, conv2d_forward
 from .linear import linear_backward, linear_forward
 from .norm import batchnorm2d_backward, batchnorm2d_forward, layernorm_backward, layernorm_forward
@@ -464,24 +465,12 @@ def mpc_attention_forward(x, w_qkv, b_qkv, w_proj, b_proj, num_heads: int, kind=
     num_heads names: MPCViT's searched "heterogeneous" attention, each head its own kind.
     x (B, k, d) -> y (B, k, d), the cache; cache["attention"] is A.
     """
-    qkv, qkv_cache = linear_forward(x, w_qkv, b_qkv)
-    opcount.linear("q, k, v = x W_qkv^T + b", w_qkv, qkv, b_qkv)
-    q, key, v = (_split_heads(t, num_heads) for t in np.split(qkv, 3, axis=-1))
     dh = x.shape[-1] // num_heads
-    out, attention, sdp_cache = _attention_forward(q, key, v, dh ** -0.5, kind=kind)
-    merged = _merge_heads(out)
-    opcount.copy("concatenate heads", merged)
-    y, proj_cache = linear_forward(merged, w_proj, b_proj)
-    opcount.linear("y = heads W_proj^T + b", w_proj, y, b_proj)
-    cache = {"qkv": qkv_cache, "sdp": sdp_cache, "proj": proj_cache, "num_heads": num_heads,
-             "attention": attention}
-    return y, cache
+    return _projected_heads_forward(x, w_qkv, b_qkv, w_proj, b_proj, num_heads,
+                                    lambda q, key, v: _attention_forward(q, key, v, dh ** -0.5,
+                                                                         kind=kind))
 
 
 def mpc_attention_backward(dy, cache):
     """dy (B, k, d) -> (dx, dw_qkv, db_qkv, dw_proj, db_proj); bias grads None if absent."""
-    dmerged, dw_proj, db_proj = linear_backward(dy, cache["proj"])
-    dq, dkey, dv, _ = _attention_backward(_split_heads(dmerged, cache["num_heads"]), cache["sdp"])
-    dqkv = np.concatenate([_merge_heads(dq), _merge_heads(dkey), _merge_heads(dv)], axis=-1)
-    dx, dw_qkv, db_qkv = linear_backward(dqkv, cache["qkv"])
-    return dx, dw_qkv, db_qkv, dw_proj, db_proj
+    return _projected_heads_backward(dy, cache, _attention_backward)
