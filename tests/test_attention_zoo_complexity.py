@@ -1,20 +1,14 @@
 """How the zoo's units grow with the number of tokens k, proven on the code that runs: the
 operation counter (npvit.opcount) reads the sizes off the arrays each unit uses, tracemalloc
 sees every NumPy allocation. Small widths so k up to 2^14 stays cheap."""
-import tracemalloc
-
 import numpy as np
 import pytest
 
 from npvit import functional as F
 from npvit.bench.attention_zoo import builds_kxk, grid
-from npvit.opcount import count_ops
+from counting import arrays, counted, peak_bytes
 
 D, HEADS, KEY, M, WINDOW = 8, 2, 4, 5, 7
-
-
-def arrays(rng, *shapes):
-    return [rng.standard_normal(s).astype(np.float32) for s in shapes]
 
 
 def lookup(rng, k):
@@ -81,13 +75,6 @@ def mpc(kind):
     return make
 
 
-def counted(unit, k):
-    run = unit(np.random.default_rng(k), k)
-    with count_ops() as counter:
-        run()
-    return counter
-
-
 def work(c):
     return c.macs + c.elementwise
 
@@ -148,15 +135,6 @@ def test_which_operations_are_batched_matrix_products():
                                 ("mpc", mpc("relu")), ("cascaded", cascaded)]}
     kinds["tinyvit"] = counted(tinyvit, 196).by_kind().get("matmul", 0)
     assert kinds == {"lookup": 3, "efficientformer": 2, "mpc": 2, "cascaded": 2 * HEADS, "tinyvit": 2}
-
-
-def peak_bytes(run):
-    tracemalloc.start()
-    try:
-        run()
-        return tracemalloc.get_traced_memory()[1]
-    finally:
-        tracemalloc.stop()
 
 
 @pytest.mark.parametrize("unit, k1", [(lookup, 2 ** 13), (tinyvit, 49 * 2 ** 7)], ids=["LookupViT", "TinyViT"])

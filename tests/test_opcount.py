@@ -1,42 +1,30 @@
 """The O(k) claims of the MobileViTv2 paper, proven on the code that runs: the operation counter
 (npvit.opcount) reads sizes off the arrays each attention function actually uses, and
 tracemalloc sees every NumPy allocation, including temporaries the counter is not told about."""
-import tracemalloc
-
 import numpy as np
 import pytest
 
 from npvit import functional as F
+from counting import arrays, counted, peak_bytes
 from npvit.opcount import count_ops
 
 D, HEADS, PROJ = 8, 2, 16          # small width so k up to 2^14 stays cheap
 
 
-def params(rng, *shapes):
-    return [rng.standard_normal(s).astype(np.float32) for s in shapes]
-
-
 def separable(rng, k, d=D):
-    x, w_qkv, b_qkv, w_out, b_out = params(rng, (1, d, 1, k), (1 + 2 * d, d, 1, 1), (1 + 2 * d,),
+    x, w_qkv, b_qkv, w_out, b_out = arrays(rng, (1, d, 1, k), (1 + 2 * d, d, 1, 1), (1 + 2 * d,),
                                            (d, d, 1, 1), (d,))
     return lambda: F.separable_attention_forward(x, w_qkv, b_qkv, w_out, b_out)
 
 
 def linformer(rng, k, d=D):
-    args = params(rng, (1, k, d), (3 * d, d), (3 * d,), (PROJ, k), (PROJ, k), (d, d), (d,))
+    args = arrays(rng, (1, k, d), (3 * d, d), (3 * d,), (PROJ, k), (PROJ, k), (d, d), (d,))
     return lambda: F.linformer_attention_forward(*args, num_heads=HEADS)
 
 
 def mha(rng, k, d=D):
-    args = params(rng, (1, k, d), (3 * d, d), (3 * d,), (d, d), (d,))
+    args = arrays(rng, (1, k, d), (3 * d, d), (3 * d,), (d, d), (d,))
     return lambda: F.multi_head_attention_forward(*args, num_heads=HEADS)
-
-
-def counted(unit, k):
-    run = unit(np.random.default_rng(k), k)
-    with count_ops() as counter:
-        run()
-    return counter
 
 
 @pytest.mark.parametrize("unit", [separable, linformer])
@@ -77,16 +65,6 @@ def test_only_multi_head_and_linformer_use_batched_matrix_products():
     assert counted(linformer, 256).by_kind()["matmul"] == 4
 
 
-def peak_bytes(run):
-    """Peak traced memory (every NumPy buffer, temporaries included) during one call."""
-    tracemalloc.start()
-    try:
-        run()
-        return tracemalloc.get_traced_memory()[1]
-    finally:
-        tracemalloc.stop()
-
-
 def test_separable_attention_peak_memory_is_linear_in_k():
     rng = np.random.default_rng(0)
     k1, k2 = 2 ** 13, 2 ** 14
@@ -103,7 +81,7 @@ def test_bytes_moved_are_each_input_read_once_and_the_output_written_once():
     kind of report, checked against the arrays' sizes computed here."""
     rng = np.random.default_rng(0)
     k, d = 64, D
-    x, w_qkv, b_qkv, w_proj, b_proj = params(rng, (1, k, d), (3 * d, d), (3 * d,), (d, d), (d,))
+    x, w_qkv, b_qkv, w_proj, b_proj = arrays(rng, (1, k, d), (3 * d, d), (3 * d,), (d, d), (d,))
     with count_ops() as counter:
         F.multi_head_attention_forward(x, w_qkv, b_qkv, w_proj, b_proj, HEADS)
     ops = {op.name: op for op in counter.ops}
