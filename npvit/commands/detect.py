@@ -26,7 +26,6 @@ import json
 import sys
 from pathlib import Path
 
-from ..data import load_image
 from ..data.coco import coco_names
 from ..detection.draw import draw_detections
 from ..detection.pipeline import (DEFAULT_DETECTOR, RANDOM_WEIGHTS, as_records, detect_image,
@@ -36,7 +35,7 @@ from ..models import list_models
 from ..models.ssdlite import INPUT_SIZE
 from ..outputs import save_image
 from ..threads import set_num_threads
-from .options import add_images, images_or_example, note_random_weights
+from .options import ReadableImages, add_images, images_or_example, note_random_weights
 
 DEFAULT_THRESHOLD = 0.3
 
@@ -61,14 +60,8 @@ def run(args) -> int:
                          # neighbour then slows this in proportion, not out of it
 
     model = source = None
-    failures, names = 0, coco_names()
-    for image_path in images:
-        try:
-            image = load_image(image_path)
-        except NpvitError as e:
-            print(f"npvit: error: {e}", file=sys.stderr)
-            failures += 1
-            continue
+    names, readable = coco_names(), ReadableImages(images)
+    for image_path, image in readable:
         if model is None:   # loaded at the first readable image, as `npvit predict` does
             model, source = load_detector(args.model, args.weights, fallback_random=True,
                                           download=args.download, seed=args.seed)
@@ -91,7 +84,7 @@ def run(args) -> int:
             path = drawing_path(args.output, image_path, len(images) > 1)
             save_image(draw_detections(image, found), path)
             print(f"npvit detect: boxes drawn in {path}", file=sys.stderr)
-    return 1 if failures else 0
+    return 1 if readable.failures else 0
 
 
 def add_parser(sub):

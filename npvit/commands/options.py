@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import sys
 
-from ..data import example_image_path
+from ..data import example_image_path, load_image
 from ..errors import NpvitError
 from ..inference import DEFAULT_MODEL
 from ..weights import cache_dir
@@ -32,6 +32,25 @@ def images_or_example(args, command: str, doing: str) -> list[str]:
     example = str(example_image_path())
     print(f"npvit {command}: no IMAGE given, {doing} the example photo {example}", file=sys.stderr)
     return [example]
+
+
+class ReadableImages:
+    """The images of ``paths`` one by one as (path, image), each read when its turn comes: an
+    unreadable one is one "npvit: error: ..." line on stderr, counted in ``failures``, and the
+    loop goes on (so a command can load its model at the first image that can be used)."""
+
+    def __init__(self, paths: list[str]):
+        self.paths, self.failures = paths, 0
+
+    def __iter__(self):
+        for path in self.paths:
+            try:
+                image = load_image(path)
+            except NpvitError as e:
+                print(f"npvit: error: {e}", file=sys.stderr)
+                self.failures += 1
+                continue
+            yield path, image
 
 
 def note_random_weights(command: str, name: str) -> None:

@@ -25,14 +25,14 @@ import argparse
 import sys
 from pathlib import Path
 
-from ..data import load_image
 from ..errors import NpvitError
 from ..inference import RANDOM_WEIGHTS, load_model
 from ..models import SegmentationModel, list_models
 from ..segmentation.inference import DEFAULT_SEGMENTATION_MODEL, segment
 from ..segmentation.overlay import present_classes, save_label_png, save_overlay
 from ..threads import set_num_threads
-from .options import add_images, add_model_and_weights, images_or_example, note_random_weights
+from .options import (ReadableImages, add_images, add_model_and_weights, images_or_example,
+                      note_random_weights)
 
 
 def _load(args):
@@ -59,14 +59,8 @@ def run(args) -> int:
         raise NpvitError("-o/--output names the overlay of ONE image; with several images the "
                          "overlays are written as <name>_segment.png")
     model = source = None
-    failures = 0
-    for image_path in images:
-        try:
-            image = load_image(image_path)
-        except NpvitError as e:
-            print(f"npvit: error: {e}", file=sys.stderr)
-            failures += 1
-            continue
+    failures, readable = 0, ReadableImages(images)     # failures: images read but not written
+    for image_path, image in readable:
         if model is None:           # only once an image could be read
             model, source = _load(args)
         stem = Path(image_path).stem
@@ -84,7 +78,7 @@ def run(args) -> int:
             continue
         largest = ", ".join(f"{c.name} {share:.1%}" for c, share in present_classes(mask, model.classes)[:4])
         print(f"{image_path}  [{model.name}, {source}]  -> {overlay}, {labels}  ({largest})")
-    return 1 if failures else 0
+    return 1 if failures or readable.failures else 0
 
 
 def add_parser(sub):
