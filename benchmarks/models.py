@@ -448,7 +448,7 @@ def machine_info(frameworks) -> dict:
                                                        "MKL_NUM_THREADS", "VECLIB_MAXIMUM_THREADS",
                                                        "OMP_WAIT_POLICY", "OPENBLAS_CORETYPE")},
                 load_average_at_start=os.getloadavg()[0],
-                malloc_kept=npvit.keep_freed_memory())   # import npvit did it; True if it took
+                malloc_kept=npvit.heap.kept)             # set by `import npvit` (npvit/heap.py)
     if frameworks is not None:
         torch, timm = frameworks
         info.update(torch=torch.__version__, timm=timm.__version__,

@@ -32,9 +32,12 @@ _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3     # glibc's <malloc.h> parameter
 MMAP_THRESHOLD = 256 * 2**20
 TRIM_THRESHOLD = 2**31 - 1                         # mallopt takes a C int: about 2 GiB
 
+kept = False    # whether a call took effect (it stays in effect: nothing undoes it)
+
 
 def keep_freed_memory() -> bool:
     """Tune glibc's malloc as the module docstring says; True if it took effect."""
+    global kept
     if os.environ.get("NPVIT_KEEP_FREED_MEMORY", "1") == "0" or not sys.platform.startswith("linux"):
         return False
     try:
@@ -44,4 +47,6 @@ def keep_freed_memory() -> bool:
     except (OSError, AttributeError):
         return False
     mallopt.argtypes, mallopt.restype = (ctypes.c_int, ctypes.c_int), ctypes.c_int
-    return bool(mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD)) & bool(mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD))
+    applied = bool(mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD)) & bool(mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD))
+    kept = kept or applied
+    return applied
